@@ -1,0 +1,123 @@
+//! The context a call carries: its id, method, deadline, metadata and peer.
+
+use std::net::SocketAddr;
+
+use crate::{Deadline, Idempotency, Metadata};
+
+/// What a handler knows about the call it is serving, and what a caller attaches to a call.
+///
+/// The server fills one in for every dispatched REQUEST; the deadline is the request's budget
+/// added to the server's clock on arrival.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_core::{CallContext, Deadline, Idempotency};
+/// let ctx = CallContext::new("Echo.echo")
+///     .with_call_id(7)
+///     .with_deadline(Some(Deadline::from_now(Duration::from_secs(1))))
+///     .with_idempotency(Idempotency::Idempotent);
+/// assert_eq!(ctx.method(), "Echo.echo");
+/// assert_eq!(ctx.call_id(), 7);
+/// assert!(ctx.deadline().is_some());
+/// assert!(ctx.peer_addr().is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    call_id: u64,
+    method: String,
+    deadline: Option<Deadline>,
+    metadata: Metadata,
+    peer_addr: Option<SocketAddr>,
+    idempotency: Idempotency,
+}
+
+impl CallContext {
+    /// A context for a call of `method`: call id 0, no deadline, no metadata, no peer address,
+    /// not idempotent.
+    pub fn new(method: impl Into<String>) -> Self {
+        Self {
+            call_id: 0,
+            method: method.into(),
+            deadline: None,
+            metadata: Metadata::new(),
+            peer_addr: None,
+            idempotency: Idempotency::NonIdempotent,
+        }
+    }
+
+    /// This context with `call_id`.
+    #[must_use]
+    pub fn with_call_id(mut self, call_id: u64) -> Self {
+        self.call_id = call_id;
+        self
+    }
+
+    /// This context with `deadline` (`None`: no deadline).
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Option<Deadline>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// This context with `metadata`.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// This context with the peer's address.
+    #[must_use]
+    pub fn with_peer_addr(mut self, peer_addr: SocketAddr) -> Self {
+        self.peer_addr = Some(peer_addr);
+        self
+    }
+
+    /// This context marked idempotent or not.
+    #[must_use]
+    pub fn with_idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// The call id on its connection (0 before one is assigned).
+    #[must_use]
+    pub fn call_id(&self) -> u64 {
+        self.call_id
+    }
+
+    /// The method name as sent on the wire.
+    #[must_use]
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The deadline, if the call has one.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// The call's metadata.
+    #[must_use]
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The call's metadata, mutably.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    /// The address of the peer on the other end, when known.
+    #[must_use]
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// Whether the call was marked idempotent.
+    #[must_use]
+    pub fn idempotency(&self) -> Idempotency {
+        self.idempotency
+    }
+}

@@ -1,0 +1,147 @@
+//! The error a failed call returns to its caller.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use crate::{Outcome, Status, StatusCode};
+
+/// A boxed cause, as kept in an [`Error`]'s source chain.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a call failed: its [`Status`], its retry-safety [`Outcome`] and the cause underneath.
+///
+/// One pointer wide, so `Result<T, Error>` stays small on the happy path. The cause is kept as a
+/// real error value, not flattened into the message, so [`std::error::Error::source`] walks the
+/// whole chain (an I/O error under a connection loss, say).
+///
+/// ```
+/// use rpc_core::{Error, Outcome, Status, StatusCode};
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+/// let err = Error::new(Status::new(StatusCode::UNAVAILABLE, "connection lost"), Outcome::MaybeExecuted)
+///     .with_source(io);
+/// assert_eq!(err.code(), StatusCode::UNAVAILABLE);
+/// assert_eq!(err.outcome(), Outcome::MaybeExecuted);
+/// assert_eq!(err.to_string(), "UNAVAILABLE (MAYBE_EXECUTED): connection lost");
+/// assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "reset by peer");
+/// ```
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    status: Status,
+    outcome: Outcome,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error with this status and outcome and no cause.
+    #[must_use]
+    pub fn new(status: Status, outcome: Outcome) -> Self {
+        Self {
+            inner: Box::new(Inner {
+                status,
+                outcome,
+                source: None,
+            }),
+        }
+    }
+
+    /// Shorthand for `Error::new(Status::new(code, message), outcome)`.
+    pub fn from_code(code: StatusCode, message: impl Into<String>, outcome: Outcome) -> Self {
+        Self::new(Status::new(code, message), outcome)
+    }
+
+    /// This error with `source` as its cause.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// The status: code, message and metadata.
+    #[must_use]
+    pub fn status(&self) -> &Status {
+        &self.inner.status
+    }
+
+    /// The status code.
+    #[must_use]
+    pub fn code(&self) -> StatusCode {
+        self.inner.status.code()
+    }
+
+    /// What is known about whether the call ran on the server.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        self.inner.outcome
+    }
+
+    /// Whether the call failed at its deadline ([`StatusCode::DEADLINE_EXCEEDED`]).
+    #[must_use]
+    pub fn is_deadline_exceeded(&self) -> bool {
+        self.code() == StatusCode::DEADLINE_EXCEEDED
+    }
+
+    /// Whether anything in the cause chain is of type `E`.
+    #[must_use]
+    pub fn has_cause<E: StdError + 'static>(&self) -> bool {
+        let mut next = StdError::source(self);
+        while let Some(cause) = next {
+            if cause.is::<E>() {
+                return true;
+            }
+            next = cause.source();
+        }
+        false
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = &self.inner.status;
+        write!(f, "{} ({})", status.code(), self.inner.outcome)?;
+        if !status.message().is_empty() {
+            write!(f, ": {}", status.message())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("status", &self.inner.status)
+            .field("outcome", &self.inner.outcome)
+            .field("source", &self.inner.source)
+            .finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_one_pointer_wide() {
+        assert_eq!(size_of::<Error>(), size_of::<usize>());
+    }
+
+    #[test]
+    fn cause_chain_is_kept_and_searchable() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+        let err = Error::from_code(StatusCode::UNAVAILABLE, "", Outcome::NotSent).with_source(io);
+        assert!(err.has_cause::<std::io::Error>());
+        assert!(!err.has_cause::<std::fmt::Error>());
+        assert_eq!(err.to_string(), "UNAVAILABLE (NOT_SENT)");
+    }
+}

@@ -1,0 +1,36 @@
+//! keel: a binary RPC framework with fault tolerance built in.
+//!
+//! Every frame on the wire carries a CRC-32 of its header and of its body, so corrupted bytes are
+//! detected and never decoded as something else. Every failed call carries a retry-safety
+//! [`Outcome`] (not sent, not executed, executed, maybe executed), so a retry never runs a call
+//! twice where that could do harm. Deadlines travel as relative budgets, so clocks need not agree.
+//!
+//! Depend on this crate alone; it re-exports the parts:
+//! - [`core`]: statuses, errors, outcomes, deadlines, metadata, call context, payload codecs;
+//! - [`codec`]: the wire protocol v1 (docs/PROTOCOL.md) as a sans-IO codec.
+//!
+//! The server and client runtimes and the `#[service]` macro arrive next.
+//!
+//! ```
+//! use keel::{Bincode, Error, Idempotency, Outcome, PayloadCodec, StatusCode};
+//!
+//! // Payloads are serde values encoded with bincode 2, decoded under a memory limit.
+//! let codec = Bincode::<{ 1 << 20 }>;
+//! let bytes = codec.encode(&("ping", 1u32))?;
+//! let (word, n): (String, u32) = codec.decode(&bytes)?;
+//! assert_eq!((word.as_str(), n), ("ping", 1));
+//!
+//! // A call lost with its connection may have run: only an idempotent method may be retried.
+//! let err = Error::from_code(StatusCode::UNAVAILABLE, "connection reset", Outcome::MaybeExecuted);
+//! assert!(!err.outcome().permits_retry(Idempotency::NonIdempotent));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use rpc_codec as codec;
+pub use rpc_core as core;
+pub use rpc_core::{
+    Bincode, CallContext, Deadline, Error, Idempotency, Metadata, MetadataKey, Outcome,
+    PayloadCodec, PayloadError, Status, StatusCode,
+};
