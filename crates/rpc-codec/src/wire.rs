@@ -129,13 +129,14 @@ pub(crate) fn metadata_wire_len(metadata: &Metadata) -> usize {
     4 + metadata.encoded_len()
 }
 
-/// Checks a metadata block against the peer's limit and every value against its prefix.
+/// Checks a metadata block against the peer's limit.
 pub(crate) fn check_metadata(metadata: &Metadata, max: u32) -> Result<(), EncodeError> {
-    let len = metadata.encoded_len();
-    if u32::try_from(len).map_or(true, |len| len > max) {
-        return Err(EncodeError::MetadataTooLarge { len, max });
-    }
-    Ok(())
+    metadata
+        .check_size(max)
+        .map_err(|_| EncodeError::MetadataTooLarge {
+            len: metadata.encoded_len(),
+            max,
+        })
 }
 
 /// Writes a metadata block; [`check_metadata`] must have passed.

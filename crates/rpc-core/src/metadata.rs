@@ -40,6 +40,14 @@ pub enum MetadataError {
         /// Its index in the key.
         index: usize,
     },
+    /// The metadata is larger on the wire than the limit allows.
+    #[error("metadata is {len} bytes on the wire, over the limit of {max}")]
+    TooLarge {
+        /// Its encoded length ([`Metadata::encoded_len`]).
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
 }
 
 /// A validated metadata key: 1 to 255 bytes of `a-z`, `0-9`, `-`, `_`, `.`.
@@ -254,6 +262,26 @@ impl Metadata {
             .iter()
             .map(|(k, v)| ENTRY_OVERHEAD + k.as_bytes().len() + v.len())
             .sum()
+    }
+
+    /// Checks the metadata against a MAX_METADATA_SIZE of `max` bytes.
+    ///
+    /// # Errors
+    /// [`MetadataError::TooLarge`] when [`Metadata::encoded_len`] exceeds `max`.
+    ///
+    /// ```
+    /// use rpc_core::{Metadata, MetadataKey};
+    /// let mut md = Metadata::new();
+    /// md.insert(MetadataKey::from_static("k"), vec![0u8; 10]); // 5 + 1 + 10 bytes
+    /// assert!(md.check_size(16).is_ok());
+    /// assert!(md.check_size(15).is_err());
+    /// ```
+    pub fn check_size(&self, max: u32) -> Result<(), MetadataError> {
+        let len = self.encoded_len();
+        if u32::try_from(len).map_or(true, |len| len > max) {
+            return Err(MetadataError::TooLarge { len, max });
+        }
+        Ok(())
     }
 }
 
