@@ -7,9 +7,11 @@
 //!
 //! Depend on this crate alone; it re-exports the parts:
 //! - [`core`]: statuses, errors, outcomes, deadlines, metadata, call context, payload codecs;
-//! - [`codec`]: the wire protocol v1 (docs/PROTOCOL.md) as a sans-IO codec.
+//! - [`codec`]: the wire protocol v1 (docs/PROTOCOL.md) as a sans-IO codec;
+//! - [`server`]: the server runtime ([`Server`]);
+//! - [`client`]: the client runtime ([`Channel`]).
 //!
-//! The server and client runtimes and the `#[service]` macro arrive next.
+//! The `#[service]` macro, which generates typed clients and servers from a trait, arrives next.
 //!
 //! ```
 //! use keel::{Bincode, Error, Idempotency, Outcome, PayloadCodec, StatusCode};
@@ -28,9 +30,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub use rpc_client as client;
 pub use rpc_codec as codec;
 pub use rpc_core as core;
+pub use rpc_server as server;
+
+pub use rpc_client::{CallOptions, Channel, Reply};
 pub use rpc_core::{
     Bincode, CallContext, Deadline, Error, Idempotency, Metadata, MetadataKey, Outcome,
     PayloadCodec, PayloadError, Status, StatusCode,
 };
+pub use rpc_server::{Server, ServerHandle};

@@ -1,11 +1,50 @@
-//! The keel client runtime: connections, multiplexed calls, deadlines, retries decided from each
-//! failure's retry-safety outcome, reconnects and heartbeats.
+//! keel's client runtime: a [`Channel`] to one server address carries many calls at once over one
+//! connection, with deadlines, cancellation, heartbeats and exact retry-safety outcomes.
 //!
-//! Not built yet: this crate holds the place in the workspace so the dependency graph is fixed
-//! from the start. It builds on [`rpc_codec`] for frames and [`rpc_core`] for statuses, outcomes and
-//! deadlines.
+//! ```
+//! use bytes::Bytes;
+//! use rpc_client::{CallOptions, Channel};
+//! use rpc_core::{CallContext, Outcome, StatusCode};
+//! use rpc_server::Server;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .register("Echo.echo", |_ctx: CallContext, payload: Bytes| async move { Ok(payload) })
+//!     .build()
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//!
+//! let channel = Channel::builder(server.local_addr()).build();
+//! let reply = channel.call("Echo.echo", Bytes::from_static(b"hi"), CallOptions::new()).await?;
+//! assert_eq!(reply.payload, "hi");
+//!
+//! // An unknown method is refused before anything runs: safe to retry anywhere.
+//! let err = channel.call("Echo.nope", Bytes::new(), CallOptions::new()).await.unwrap_err();
+//! assert_eq!((err.code(), err.outcome()), (StatusCode::UNIMPLEMENTED, Outcome::NotExecuted));
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every failed call carries its [`Outcome`](rpc_core::Outcome):
+//! - NOT_SENT: no connection, handshake failed, request over the server's limits (checked before
+//!   sending, naming both sizes), deadline passed before the request left, connection lost before
+//!   the request was written;
+//! - NOT_EXECUTED: the server said so (NOT_EXECUTED flag), or the call is above a GOAWAY's last
+//!   call id;
+//! - EXECUTED: the server ran the call and answered with an error status;
+//! - MAYBE_EXECUTED: connection lost or heartbeat timed out after the request was written, deadline
+//!   passed after it was written, or the response was corrupt.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use rpc_codec;
-pub use rpc_core;
+mod call;
+mod channel;
+mod config;
+mod connection;
+
+pub use call::{CallOptions, Reply};
+pub use channel::Channel;
+pub use config::ChannelBuilder;
+pub use connection::ConnectionError;

@@ -1,11 +1,49 @@
-//! The keel server runtime: accept, handshake, multiplex, dispatch under deadlines, cancel,
-//! answer pings, enforce limits, drain.
+//! keel's server runtime: accept connections, multiplex calls over each, dispatch them to handlers
+//! under their deadlines, and keep every fault mechanism of the protocol live: cancellation,
+//! heartbeats, limits and graceful drain.
 //!
-//! Not built yet: this crate holds the place in the workspace so the dependency graph is fixed
-//! from the start. It builds on [`rpc_codec`] for frames and [`rpc_core`] for statuses, outcomes and
-//! deadlines.
+//! Handlers are registered by method name and take bytes in, give a result of bytes out, with the
+//! call's [`CallContext`](rpc_core::CallContext) (deadline, metadata, peer address). The
+//! `#[service]` macro generates them from a trait; here is one by hand:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use rpc_core::{CallContext, Status, StatusCode};
+//! use rpc_server::Server;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let server = Server::builder()
+//!     .register("Echo.echo", |_ctx: CallContext, payload: Bytes| async move { Ok(payload) })
+//!     .register("Echo.fail", |ctx: CallContext, _payload: Bytes| async move {
+//!         Err(Status::new(StatusCode::NOT_FOUND, format!("nothing for call {}", ctx.call_id())))
+//!     })
+//!     .build()
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await; // GOAWAY to every connection, running calls finish
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What the server guarantees, as docs/PROTOCOL.md specifies:
+//! - a call refused before its handler starts (unknown method, over the concurrency limit,
+//!   draining, expired, malformed, corrupt) is answered with NOT_EXECUTED; a call whose handler
+//!   started never is;
+//! - a handler runs under its deadline and is dropped when it passes (DEADLINE_EXCEEDED) or when
+//!   the client cancels (CANCELLED);
+//! - a handler that panics fails only its own call (INTERNAL);
+//! - PINGs are answered ahead of queued responses; a silent client is dropped after the dead bound;
+//! - bad input closes only the connection it came on, after a GOAWAY naming the rule broken.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use rpc_codec;
-pub use rpc_core;
+mod call;
+mod config;
+mod connection;
+mod handler;
+mod server;
+
+pub use handler::{Handler, HandlerFuture, HandlerResult};
+pub use server::{Server, ServerBuilder, ServerHandle};

@@ -1,0 +1,118 @@
+//! Client configuration, with every default in one place.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rpc_codec::Settings;
+
+use crate::Channel;
+
+#[derive(Clone, Debug)]
+pub(crate) struct ClientConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) default_deadline: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) dead_after_intervals: u32,
+    pub(crate) max_frame_size: u32,
+    pub(crate) max_metadata_size: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            default_deadline: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(10),
+            dead_after_intervals: 2,
+            max_frame_size: rpc_codec::DEFAULT_MAX_FRAME_SIZE,
+            max_metadata_size: rpc_core::metadata::DEFAULT_MAX_METADATA_SIZE,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The settings the client announces in HELLO. It serves no calls, so it announces 0
+    /// concurrent calls.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            max_frame_size: self.max_frame_size,
+            max_concurrent_calls: 0,
+            heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            max_metadata_size: self.max_metadata_size,
+        }
+    }
+}
+
+/// Configures a [`Channel`]; every setter states its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_client::Channel;
+///
+/// let channel = Channel::builder("127.0.0.1:7000".parse().unwrap())
+///     .connect_timeout(Duration::from_secs(1))
+///     .default_deadline(Duration::from_secs(2))
+///     .heartbeat_interval(Duration::from_millis(500))
+///     .build();
+/// # drop(channel);
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct ChannelBuilder {
+    addr: SocketAddr,
+    config: ClientConfig,
+}
+
+impl ChannelBuilder {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            config: ClientConfig::default(),
+        }
+    }
+
+    /// How long a TCP connect plus handshake may take. Default 3 s. A call's own deadline cuts it
+    /// shorter.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// The deadline of a call that sets none. Default 10 s.
+    pub fn default_deadline(mut self, deadline: Duration) -> Self {
+        self.config.default_deadline = deadline;
+        self
+    }
+
+    /// The heartbeat interval announced to servers; the connection uses the smaller of ours and
+    /// the server's. A PING goes out after this long without a frame from the server. Default 10 s.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// After how many intervals of silence the connection is declared dead and its calls fail
+    /// with UNAVAILABLE. Default 2 (the minimum).
+    pub fn dead_after_intervals(mut self, intervals: u32) -> Self {
+        self.config.dead_after_intervals = intervals.max(2);
+        self
+    }
+
+    /// The largest response body accepted, in bytes. Default 4 MiB; at least 4096.
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.config.max_frame_size = bytes.max(rpc_codec::MIN_MAX_FRAME_SIZE);
+        self
+    }
+
+    /// The largest response metadata block accepted, in bytes. Default 16 KiB.
+    pub fn max_metadata_size(mut self, bytes: u32) -> Self {
+        self.config.max_metadata_size = bytes;
+        self
+    }
+
+    /// The channel. It connects on its first call.
+    pub fn build(self) -> Channel {
+        Channel::from_parts(self.addr, self.config)
+    }
+}

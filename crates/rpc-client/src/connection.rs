@@ -1,0 +1,564 @@
+//! One client connection: connect and handshake, then a single task that writes requests, reads
+//! responses, keeps the heartbeat, and fails every waiting call with its true outcome when the
+//! connection ends.
+//!
+//! Driving contract: [`Connection`] is a future polled by its own task. Each poll, in order:
+//! 1. commands from callers: new calls (assigned the next call id, queued for writing) and cancels;
+//! 2. reading: responses to their callers, PINGs answered ahead of queued frames, GOAWAY;
+//! 3. timers: PING after an interval of silence, dead after the bound;
+//! 4. writing: one vectored write per batch of queued frames.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use rpc_codec::{
+    DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, MethodName, Ping,
+    Request, Response, Role, Settings,
+};
+use rpc_core::{Error, Outcome, Status, StatusCode};
+use rpc_transport::{HandshakeError, WriteQueue, handshake};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use crate::call::{CallSlot, Reply};
+use crate::config::ClientConfig;
+
+/// Why a connection ended, as the cause of the errors of the calls it was carrying.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// TCP connect failed or timed out.
+    #[error("could not connect to {addr}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The handshake failed.
+    #[error("handshake with {addr} failed")]
+    Handshake {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: HandshakeError,
+    },
+    /// The server closed the connection.
+    #[error("the server closed the connection")]
+    Closed,
+    /// Reading or writing failed.
+    #[error("the connection failed")]
+    Io(#[source] std::io::Error),
+    /// Nothing arrived from the server within the dead bound.
+    #[error("no frame from the server for {silent_for:?} (heartbeat bound)")]
+    HeartbeatTimeout {
+        /// How long the server was silent.
+        silent_for: Duration,
+    },
+    /// The server sent GOAWAY.
+    #[error("the server is going away ({code}: {message})")]
+    GoAway {
+        /// The GOAWAY code.
+        code: GoAwayCode,
+        /// Its message.
+        message: String,
+    },
+    /// The server broke the protocol.
+    #[error("the server broke the protocol")]
+    Protocol(#[source] DecodeError),
+}
+
+/// A request for a connection task, from a caller.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Call(CallCommand),
+    Cancel { call_id: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct CallCommand {
+    pub(crate) request: Request,
+    pub(crate) slot: Arc<CallSlot>,
+    pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+/// What a channel knows about one of its connections.
+#[derive(Debug)]
+pub(crate) struct ConnectionHandle {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// False once the connection stops taking calls (closed, or GOAWAY received).
+    pub(crate) usable: Arc<AtomicBool>,
+    /// Calls waiting for a response.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// The server's announced limits.
+    pub(crate) peer: Settings,
+}
+
+impl ConnectionHandle {
+    pub(crate) fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire) && !self.commands.is_closed()
+    }
+}
+
+/// Connects to `addr`, performs the handshake and starts the connection's task.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Result<ConnectionHandle, ConnectionError> {
+    let started = Instant::now();
+    let mut io = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectionError::Connect {
+            addr,
+            source: std::io::ErrorKind::TimedOut.into(),
+        })?
+        .map_err(|source| ConnectionError::Connect { addr, source })?;
+    let _ = io.set_nodelay(true);
+    let local = config.settings();
+    let mut read_buf = BytesMut::with_capacity(8 * 1024);
+    let mut decoder = FrameDecoder::builder(Role::Client).settings(&local).build();
+    let mut encoder = FrameEncoder::new();
+    let left = timeout.saturating_sub(started.elapsed());
+    let ack = handshake::connect(
+        &mut io,
+        &mut read_buf,
+        &mut decoder,
+        &mut encoder,
+        local,
+        left,
+    )
+    .await
+    .map_err(|source| ConnectionError::Handshake { addr, source })?;
+    let heartbeat = local.negotiated_heartbeat(&ack.settings);
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let usable = Arc::new(AtomicBool::new(true));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let connection = Connection {
+        io,
+        read_buf,
+        decoder,
+        queue: WriteQueue::new(encoder),
+        commands: receiver,
+        callers_gone: false,
+        pending: HashMap::new(),
+        last_call_id: 0,
+        usable: Arc::clone(&usable),
+        in_flight: Arc::clone(&in_flight),
+        heartbeat,
+        dead_after: heartbeat.map(|i| i * config.dead_after_intervals.max(2)),
+        last_recv: Instant::now(),
+        pinged: false,
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        goaway_last: None,
+        end: None,
+        addr,
+    };
+    tokio::spawn(connection.map(drop));
+    Ok(ConnectionHandle {
+        commands,
+        usable,
+        in_flight,
+        peer: ack.settings,
+    })
+}
+
+/// A call written (or queued to be written) and waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    reply: oneshot::Sender<Result<Reply, Error>>,
+    /// The write batch its REQUEST went into.
+    batch: u64,
+}
+
+struct Connection {
+    io: TcpStream,
+    read_buf: BytesMut,
+    decoder: FrameDecoder,
+    queue: WriteQueue,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Every sender is gone: the channel was dropped.
+    callers_gone: bool,
+    pending: HashMap<u64, Pending>,
+    last_call_id: u64,
+    usable: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    heartbeat: Option<Duration>,
+    dead_after: Option<Duration>,
+    last_recv: Instant,
+    pinged: bool,
+    timer: Pin<Box<Sleep>>,
+    /// The lowest last call id of the GOAWAYs received.
+    goaway_last: Option<u64>,
+    /// Why the connection ended, once it has.
+    end: Option<Arc<ConnectionError>>,
+    addr: SocketAddr,
+}
+
+impl Connection {
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Call(call) => self.on_call(call),
+            Command::Cancel { call_id } => {
+                if self.pending.remove(&call_id).is_some() {
+                    let _ = self
+                        .queue
+                        .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
+                }
+            }
+        }
+    }
+
+    fn on_call(&mut self, mut call: CallCommand) {
+        if self.goaway_last.is_some() || self.end.is_some() {
+            // Never written: safe anywhere. The channel will pick another connection.
+            let err = Error::from_code(
+                StatusCode::UNAVAILABLE,
+                "the connection is going away",
+                Outcome::NotSent,
+            );
+            let _ = call.reply.send(Err(err));
+            return;
+        }
+        let call_id = self.last_call_id + 1;
+        if !call.slot.hand_over(call_id) {
+            return; // the caller gave up first: never sent
+        }
+        call.request.call_id = call_id;
+        match self.queue.push(&Frame::Request(call.request)) {
+            Ok(batch) => {
+                self.last_call_id = call_id;
+                self.pending.insert(
+                    call_id,
+                    Pending {
+                        reply: call.reply,
+                        batch,
+                    },
+                );
+            }
+            Err(err) => {
+                let status = Status::new(StatusCode::RESOURCE_EXHAUSTED, err.to_string());
+                let _ = call
+                    .reply
+                    .send(Err(Error::new(status, Outcome::NotSent).with_source(err)));
+            }
+        }
+    }
+
+    fn on_item(&mut self, item: Decoded) {
+        match item {
+            Ok(Frame::Response(response)) => self.on_response(response),
+            Ok(Frame::Ping(ping)) => {
+                let _ = self.queue.push_urgent(&Frame::Pong(ping.pong()));
+            }
+            Ok(Frame::GoAway(goaway)) => self.on_goaway(goaway),
+            // PONG: liveness already recorded. Extensions are skipped.
+            Ok(_) => {}
+            Err(rejected) => {
+                if let Some(pending) = self.pending.remove(&rejected.call_id) {
+                    let status = Status::new(rejected.status_code(), rejected.to_string());
+                    let outcome = rejected.outcome();
+                    let _ = pending
+                        .reply
+                        .send(Err(Error::new(status, outcome).with_source(rejected)));
+                }
+            }
+        }
+    }
+
+    fn on_response(&mut self, response: Response) {
+        let id = response.call_id;
+        if id > self.last_call_id {
+            let err = DecodeError::Malformed {
+                kind: rpc_codec::FrameKind::RESPONSE,
+                error: rpc_codec::BodyError::Truncated {
+                    field: "call id of a request never sent",
+                },
+            };
+            self.fail(ConnectionError::Protocol(err), GoAwayCode::PROTOCOL_ERROR);
+            return;
+        }
+        // A response for a call no longer waited for (cancelled, expired) is discarded.
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let result = if response.status.is_ok() {
+            Ok(Reply {
+                payload: response.payload,
+                metadata: response.status.metadata().clone(),
+            })
+        } else {
+            let outcome = if response.not_executed {
+                Outcome::NotExecuted
+            } else {
+                Outcome::Executed
+            };
+            Err(Error::new(response.status, outcome))
+        };
+        let _ = pending.reply.send(result);
+    }
+
+    fn on_goaway(&mut self, goaway: GoAway) {
+        debug!(addr = %self.addr, code = %goaway.code, last = goaway.last_call_id, "GOAWAY");
+        let last = self
+            .goaway_last
+            .map_or(goaway.last_call_id, |l| l.min(goaway.last_call_id));
+        self.goaway_last = Some(last);
+        self.usable.store(false, Ordering::Release);
+        let cause = Arc::new(ConnectionError::GoAway {
+            code: goaway.code,
+            message: goaway.message,
+        });
+        // Calls above the last call id never ran.
+        let never_ran: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|&id| id > last)
+            .collect();
+        for id in never_ran {
+            if let Some(pending) = self.pending.remove(&id) {
+                let err = Error::from_code(
+                    StatusCode::UNAVAILABLE,
+                    "the server is going away and did not run this call",
+                    Outcome::NotExecuted,
+                )
+                .with_source(Arc::clone(&cause));
+                let _ = pending.reply.send(Err(err));
+            }
+        }
+    }
+
+    /// The outcome of a call still waiting when the connection ends (docs/PROTOCOL.md §14).
+    fn outcome_of(&self, call_id: u64, batch: u64) -> Outcome {
+        if self.goaway_last.is_some_and(|last| call_id > last) {
+            Outcome::NotExecuted
+        } else if batch > self.queue.written_through() {
+            Outcome::NotSent
+        } else {
+            Outcome::MaybeExecuted
+        }
+    }
+
+    /// Ends the connection: every waiting call fails with UNAVAILABLE and its outcome.
+    fn fail(&mut self, cause: ConnectionError, goaway: GoAwayCode) {
+        if self.end.is_some() {
+            return;
+        }
+        debug!(addr = %self.addr, cause = %cause, "connection lost");
+        self.usable.store(false, Ordering::Release);
+        if goaway != GoAwayCode::NO_ERROR {
+            let _ = self
+                .queue
+                .push(&Frame::GoAway(GoAway::new(0, goaway, cause.to_string())));
+        }
+        let cause = Arc::new(cause);
+        let pending = std::mem::take(&mut self.pending);
+        for (id, call) in pending {
+            let outcome = self.outcome_of(id, call.batch);
+            let err = Error::from_code(StatusCode::UNAVAILABLE, cause.to_string(), outcome)
+                .with_source(Arc::clone(&cause));
+            let _ = call.reply.send(Err(err));
+        }
+        self.end = Some(cause);
+        // Calls already in the command queue were never written.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Call(call) = command {
+                if call.slot.hand_over(0) {
+                    let err = Error::from_code(
+                        StatusCode::UNAVAILABLE,
+                        "the connection was lost before this call was sent",
+                        Outcome::NotSent,
+                    );
+                    let _ = call.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while !self.callers_gone && self.end.is_none() {
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(command)) => {
+                    self.on_command(command);
+                    progress = true;
+                }
+                Poll::Ready(None) => self.callers_gone = true,
+                Poll::Pending => break,
+            }
+        }
+        progress
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        while self.end.is_none() {
+            match tokio_util::codec::Decoder::decode(&mut self.decoder, &mut self.read_buf) {
+                Ok(Some(item)) => {
+                    self.on_item(item);
+                    progress = true;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let code = err.go_away_code();
+                    self.fail(ConnectionError::Protocol(err), code);
+                    return true;
+                }
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+                self.read_buf.reserve(16 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) => {
+                    self.fail(ConnectionError::Closed, GoAwayCode::NO_ERROR);
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.last_recv = Instant::now();
+                    self.pinged = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(err)) => {
+                    self.fail(ConnectionError::Io(err), GoAwayCode::NO_ERROR);
+                    return true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// PING after an interval of silence; dead after the bound. Returns when to look again.
+    fn check_heartbeat(&mut self, now: Instant) -> Option<Instant> {
+        let (Some(interval), Some(dead_after)) = (self.heartbeat, self.dead_after) else {
+            return None;
+        };
+        if self.end.is_some() {
+            return None;
+        }
+        let silent_for = now.duration_since(self.last_recv);
+        if silent_for >= dead_after {
+            self.fail(
+                ConnectionError::HeartbeatTimeout { silent_for },
+                GoAwayCode::HEARTBEAT_TIMEOUT,
+            );
+            return None;
+        }
+        let ping_at = self.last_recv + interval;
+        if !self.pinged && now >= ping_at {
+            let opaque = u64::try_from(silent_for.as_nanos())
+                .unwrap_or_default()
+                .to_be_bytes();
+            let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
+            self.pinged = true;
+        }
+        Some(if self.pinged {
+            self.last_recv + dead_after
+        } else {
+            ping_at
+        })
+    }
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..32 {
+            let mut progress = this.poll_commands(cx);
+            progress |= this.poll_read(cx);
+            let next = this.check_heartbeat(Instant::now());
+            match this.queue.poll_write(&mut this.io, cx) {
+                Poll::Ready(Err(err)) => {
+                    this.fail(ConnectionError::Io(err), GoAwayCode::NO_ERROR);
+                    this.in_flight.store(0, Ordering::Release);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) if this.end.is_some() => {
+                    this.in_flight.store(0, Ordering::Release);
+                    return Poll::Ready(());
+                }
+                _ => {}
+            }
+            this.in_flight.store(this.pending.len(), Ordering::Release);
+            let idle = this.pending.is_empty() && this.queue.is_empty();
+            if idle && (this.callers_gone || this.goaway_last.is_some()) {
+                // Nobody will send another call here: close politely.
+                this.usable.store(false, Ordering::Release);
+                if this.end.is_none() {
+                    this.end = Some(Arc::new(ConnectionError::Closed));
+                    let _ =
+                        this.queue
+                            .push(&Frame::GoAway(GoAway::new(0, GoAwayCode::NO_ERROR, "")));
+                    continue;
+                }
+            }
+            if this.end.is_some() && !this.queue.is_empty() {
+                // Best effort to flush a last GOAWAY; give up when the socket is full.
+                return Poll::Ready(());
+            }
+            if let Some(at) = next {
+                if this.timer.deadline() != at {
+                    this.timer.as_mut().reset(at);
+                }
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Checks a request against the server's limits before it is queued, so an oversize call fails
+/// locally with both sizes named instead of closing the connection.
+pub(crate) fn check_limits(
+    peer: &Settings,
+    method: &MethodName,
+    request_metadata: &rpc_core::Metadata,
+    payload_len: usize,
+) -> Result<(), Error> {
+    let metadata_len = request_metadata.encoded_len();
+    if request_metadata.check_size(peer.max_metadata_size).is_err() {
+        return Err(Error::from_code(
+            StatusCode::RESOURCE_EXHAUSTED,
+            format!(
+                "request metadata of {metadata_len} bytes exceeds the server's limit of {} bytes",
+                peer.max_metadata_size
+            ),
+            Outcome::NotSent,
+        ));
+    }
+    let body = 8 + 2 + method.as_bytes().len() + 4 + metadata_len + payload_len;
+    if u32::try_from(body).map_or(true, |body| body > peer.max_frame_size) {
+        return Err(Error::from_code(
+            StatusCode::RESOURCE_EXHAUSTED,
+            format!(
+                "request body of {body} bytes exceeds the server's max frame size of {} bytes",
+                peer.max_frame_size
+            ),
+            Outcome::NotSent,
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! One accepted connection: handshake, then a single task that reads, dispatches, runs calls,
+//! keeps the heartbeat and writes, until the connection ends.
+//!
+//! Driving contract: [`Connection`] is a future polled by its own task. Each poll, in order:
+//! 1. the stop signal (hard stop: return at once) and the drain signal (send GOAWAY, finish);
+//! 2. reading: decode every buffered frame and handle it (dispatch, cancel, answer PING, refuse);
+//! 3. completed calls: turn each into its RESPONSE;
+//! 4. timers: send PING after an interval of silence, close after the dead bound, end a drain at
+//!    its grace period;
+//! 5. writing: one vectored write per batch of queued frames.
+//!
+//! Calls run inside this task (a `FuturesUnordered`), so a call costs no task spawn and no
+//! cross-thread wake-up; responses leave in the order calls complete.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rpc_codec::{
+    DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, FrameKind, GoAway, GoAwayCode, Ping,
+    Request, Response, Role,
+};
+use rpc_core::{CallContext, Idempotency, Status, StatusCode};
+use rpc_transport::{WriteQueue, handshake};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, warn};
+
+use crate::call::{CallDone, CallFuture, RunningCall, dispatch};
+use crate::config::ServerConfig;
+use crate::handler::{HandlerResult, Router};
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) router: Router,
+}
+
+/// Frames handled per poll before yielding, so one busy connection cannot starve the others on
+/// its worker thread.
+const FRAMES_PER_POLL: usize = 256;
+
+/// How long a closing connection keeps trying to write its last frames (GOAWAY) to a peer that
+/// may not be reading.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Accepts one connection: handshake under its timeout, then the connection's life.
+pub(crate) async fn serve_connection(
+    mut io: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    let _ = io.set_nodelay(true);
+    let config = &shared.config;
+    let local = config.settings();
+    let mut read_buf = BytesMut::with_capacity(8 * 1024);
+    let mut decoder = FrameDecoder::builder(Role::Server).settings(&local).build();
+    let mut encoder = FrameEncoder::new();
+    let accepted = tokio::select! {
+        accepted = handshake::accept(
+            &mut io, &mut read_buf, &mut decoder, &mut encoder, local, config.handshake_timeout,
+        ) => accepted,
+        () = stop.cancelled() => return,
+    };
+    let hello = match accepted {
+        Ok(hello) => hello,
+        Err(handshake::HandshakeError::Timeout(after)) => {
+            debug!(%peer, ?after, "handshake timed out");
+            let goaway = GoAway::new(0, GoAwayCode::HANDSHAKE_TIMEOUT, "no HELLO in time");
+            let _ = tokio::time::timeout(
+                CLOSE_LINGER,
+                handshake::send_goaway(&mut io, &mut encoder, goaway),
+            )
+            .await;
+            return;
+        }
+        Err(err) => {
+            debug!(%peer, error = %err, "handshake failed");
+            return;
+        }
+    };
+    let heartbeat = local.negotiated_heartbeat(&hello.settings);
+    let connection = Connection {
+        io,
+        read_buf,
+        decoder,
+        queue: WriteQueue::new(encoder),
+        calls: FuturesUnordered::new(),
+        running: HashMap::new(),
+        shared: Arc::clone(&shared),
+        peer,
+        heartbeat,
+        dead_after: heartbeat.map(|i| i * shared.config.dead_after_intervals.max(2)),
+        last_recv: Instant::now(),
+        pinged: false,
+        timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        drain: Box::pin(drain.cancelled_owned()),
+        stop: Box::pin(stop.cancelled_owned()),
+        phase: Phase::Open,
+        goaway_last: None,
+        peer_going_away: false,
+        cancels: CancelWindow {
+            started: Instant::now(),
+            count: 0,
+        },
+    };
+    connection.await;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Calls flow.
+    Open,
+    /// GOAWAY sent: running calls finish (until the deadline), new ones are refused.
+    Finishing { until: Instant, read: bool },
+    /// Running calls dropped; writing the last frames, then closing.
+    Closing { until: Instant },
+    /// The peer is gone; close now.
+    Closed,
+}
+
+/// Counts CANCELs of calls that never started, per window: the rapid-reset defence.
+#[derive(Debug)]
+struct CancelWindow {
+    started: Instant,
+    count: u32,
+}
+
+struct Connection {
+    io: TcpStream,
+    read_buf: BytesMut,
+    decoder: FrameDecoder,
+    queue: WriteQueue,
+    calls: FuturesUnordered<CallFuture>,
+    running: HashMap<u64, RunningCall>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    heartbeat: Option<Duration>,
+    dead_after: Option<Duration>,
+    last_recv: Instant,
+    /// Whether a PING went out since the last bytes arrived.
+    pinged: bool,
+    timer: Pin<Box<Sleep>>,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    phase: Phase,
+    /// The last call id of the GOAWAY we sent, if any.
+    goaway_last: Option<u64>,
+    /// The client sent GOAWAY: it will send no more calls.
+    peer_going_away: bool,
+    cancels: CancelWindow,
+}
+
+impl Connection {
+    fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    fn reading(&self) -> bool {
+        match self.phase {
+            Phase::Open => true,
+            Phase::Finishing { read, .. } => read,
+            Phase::Closing { .. } | Phase::Closed => false,
+        }
+    }
+
+    /// Reads and handles frames. Returns whether anything happened.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut handled = 0;
+        loop {
+            loop {
+                if !self.reading() {
+                    return handled > 0;
+                }
+                match self.decoder.decode_item(&mut self.read_buf) {
+                    Ok(Some(item)) => {
+                        self.handle(item);
+                        handled += 1;
+                        if handled >= FRAMES_PER_POLL {
+                            cx.waker().wake_by_ref();
+                            return true;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.connection_error(err);
+                        return true;
+                    }
+                }
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+                self.read_buf.reserve(16 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+                Poll::Pending => return handled > 0,
+                Poll::Ready(Ok(0)) => {
+                    debug!(peer = %self.peer, "client closed the connection");
+                    self.phase = Phase::Closed;
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    self.last_recv = Instant::now();
+                    self.pinged = false;
+                }
+                Poll::Ready(Err(err)) => {
+                    debug!(peer = %self.peer, error = %err, "read failed");
+                    self.phase = Phase::Closed;
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, item: Decoded) {
+        match item {
+            Ok(Frame::Request(request)) => self.on_request(request),
+            Ok(Frame::Cancel(cancel)) => self.on_cancel(cancel.call_id),
+            Ok(Frame::Ping(ping)) => {
+                // Answered ahead of every queued response.
+                let _ = self.queue.push_urgent(&Frame::Pong(ping.pong()));
+            }
+            Ok(Frame::GoAway(goaway)) => {
+                debug!(peer = %self.peer, code = %goaway.code, "client is going away");
+                self.peer_going_away = true;
+            }
+            // PONG: liveness is already recorded; extensions are skipped.
+            Ok(_) => {}
+            Err(rejected) => self.respond(
+                rejected.call_id,
+                Err(Status::new(rejected.status_code(), rejected.to_string())),
+                true,
+            ),
+        }
+    }
+
+    fn refuse(&mut self, call_id: u64, code: StatusCode, message: String) {
+        self.respond(call_id, Err(Status::new(code, message)), true);
+    }
+
+    fn on_request(&mut self, request: Request) {
+        let id = request.call_id;
+        if self.goaway_last.is_some_and(|last| id > last) || self.phase != Phase::Open {
+            return self.refuse(id, StatusCode::UNAVAILABLE, "server is draining".into());
+        }
+        if request.budget.is_expired() {
+            return self.refuse(
+                id,
+                StatusCode::DEADLINE_EXCEEDED,
+                "deadline expired before dispatch".into(),
+            );
+        }
+        let Some(handler) = self.shared.router.get(request.method.as_str()).cloned() else {
+            let message = format!("unknown method {:?}", request.method.as_str());
+            return self.refuse(id, StatusCode::UNIMPLEMENTED, message);
+        };
+        let limit = self.config().max_concurrent_calls;
+        if self.running.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            let message = format!("{limit} calls already running on this connection");
+            return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
+        }
+        let now = Instant::now().into_std();
+        let ctx = CallContext::new(request.method.as_str())
+            .with_call_id(id)
+            .with_deadline(request.budget.deadline_from(now))
+            .with_metadata(request.metadata)
+            .with_peer_addr(self.peer)
+            .with_idempotency(Idempotency::from_flag(request.idempotent));
+        let (future, running) = dispatch(handler, ctx, request.payload);
+        self.calls.push(future);
+        self.running.insert(id, running);
+    }
+
+    fn on_cancel(&mut self, call_id: u64) {
+        let Some(call) = self.running.get(&call_id) else {
+            return; // already finished: its response stands
+        };
+        let never_started = !call.has_started();
+        call.abort.abort();
+        if never_started && self.count_unstarted_cancel() {
+            warn!(peer = %self.peer, "too many cancels of calls that never ran; closing");
+            let goaway = GoAway::new(
+                self.decoder.last_request_id(),
+                GoAwayCode::TOO_MANY_CANCELS,
+                "too many cancels of calls that never ran",
+            );
+            self.close(goaway);
+        }
+    }
+
+    /// Records one cancel of a call that never started; true when over the limit.
+    fn count_unstarted_cancel(&mut self) -> bool {
+        let now = Instant::now();
+        let window = self.config().unstarted_cancel_window;
+        if now.duration_since(self.cancels.started) > window {
+            self.cancels = CancelWindow {
+                started: now,
+                count: 0,
+            };
+        }
+        self.cancels.count += 1;
+        self.cancels.count > self.config().max_unstarted_cancels
+    }
+
+    fn finish(&mut self, done: CallDone) {
+        self.running.remove(&done.call_id);
+        self.respond(done.call_id, done.result, done.not_executed);
+    }
+
+    fn respond(&mut self, call_id: u64, result: HandlerResult, not_executed: bool) {
+        let response = match result {
+            Ok(payload) => Response::ok(call_id, payload),
+            Err(status) => Response::error(call_id, status, not_executed),
+        };
+        if let Err(err) = self.queue.push(&Frame::Response(response)) {
+            // The result breaks the client's limits: say so instead of dropping the call.
+            let status = Status::new(
+                StatusCode::RESOURCE_EXHAUSTED,
+                format!("the response could not be sent: {err}"),
+            );
+            let fallback = Response::error(call_id, status, not_executed);
+            if let Err(err) = self.queue.push(&Frame::Response(fallback)) {
+                warn!(call_id, error = %err, "could not queue a response");
+            }
+        }
+    }
+
+    /// A connection error found while decoding: answer what can be answered, send GOAWAY, stop
+    /// reading, let running calls finish within the drain grace period.
+    fn connection_error(&mut self, err: DecodeError) {
+        if let DecodeError::Io(io) = &err {
+            debug!(peer = %self.peer, error = %io, "read failed");
+            self.phase = Phase::Closed;
+            return;
+        }
+        warn!(peer = %self.peer, error = %err, "closing connection: protocol error");
+        if let DecodeError::FrameTooLarge {
+            kind: FrameKind::REQUEST,
+            call_id,
+            len,
+            max,
+        } = err
+        {
+            let message = format!("request body of {len} bytes exceeds the limit of {max}");
+            self.refuse(call_id, StatusCode::RESOURCE_EXHAUSTED, message);
+        }
+        let last = self.decoder.last_request_id();
+        self.send_goaway(GoAway::new(last, err.go_away_code(), err.to_string()));
+        self.phase = Phase::Finishing {
+            until: Instant::now() + self.config().drain_grace,
+            read: false,
+        };
+    }
+
+    fn send_goaway(&mut self, mut goaway: GoAway) {
+        // A later GOAWAY never raises the last call id.
+        if let Some(last) = self.goaway_last {
+            goaway.last_call_id = goaway.last_call_id.min(last);
+        }
+        self.goaway_last = Some(goaway.last_call_id);
+        let _ = self.queue.push(&Frame::GoAway(goaway));
+    }
+
+    /// Graceful drain: GOAWAY with the last call dispatched; running calls finish.
+    fn begin_drain(&mut self) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let last = self.decoder.last_request_id();
+        debug!(peer = %self.peer, last, "draining");
+        self.send_goaway(GoAway::new(
+            last,
+            GoAwayCode::NO_ERROR,
+            "server is shutting down",
+        ));
+        self.phase = Phase::Finishing {
+            until: Instant::now() + self.config().drain_grace,
+            read: true,
+        };
+    }
+
+    /// Drops every running call and closes after writing `goaway`.
+    fn close(&mut self, goaway: GoAway) {
+        self.send_goaway(goaway);
+        self.calls = FuturesUnordered::new();
+        self.running.clear();
+        self.phase = Phase::Closing {
+            until: Instant::now() + CLOSE_LINGER,
+        };
+    }
+
+    /// Heartbeat and phase deadlines. Returns the next instant anything is due.
+    fn check_timers(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let (Some(interval), Some(dead_after)) = (self.heartbeat, self.dead_after) {
+            if !matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
+                let dead_at = self.last_recv + dead_after;
+                if now >= dead_at {
+                    debug!(peer = %self.peer, "client silent past the dead bound; closing");
+                    let last = self.decoder.last_request_id();
+                    self.close(GoAway::new(
+                        last,
+                        GoAwayCode::HEARTBEAT_TIMEOUT,
+                        "no frames within the heartbeat bound",
+                    ));
+                } else {
+                    due(dead_at);
+                    let ping_at = self.last_recv + interval;
+                    if !self.pinged {
+                        if now >= ping_at {
+                            let opaque = u64::try_from(now.elapsed().as_nanos())
+                                .unwrap_or_default()
+                                .to_be_bytes();
+                            let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
+                            self.pinged = true;
+                        } else {
+                            due(ping_at);
+                        }
+                    }
+                }
+            }
+        }
+        match self.phase {
+            Phase::Finishing { until, .. } | Phase::Closing { until } => {
+                if now >= until {
+                    self.phase = Phase::Closed;
+                } else {
+                    due(until);
+                }
+            }
+            Phase::Open | Phase::Closed => {}
+        }
+        next
+    }
+
+    fn is_done(&self) -> bool {
+        let flushed = self.queue.is_empty();
+        match self.phase {
+            Phase::Closed => true,
+            Phase::Closing { .. } => flushed,
+            Phase::Finishing { .. } => flushed && self.running.is_empty(),
+            Phase::Open => self.peer_going_away && flushed && self.running.is_empty(),
+        }
+    }
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if this.phase == Phase::Open && this.drain.as_mut().poll(cx).is_ready() {
+            this.begin_drain();
+        }
+        for _ in 0..32 {
+            let mut progress = this.poll_read(cx);
+            while let Poll::Ready(Some(done)) = this.calls.poll_next_unpin(cx) {
+                this.finish(done);
+                progress = true;
+            }
+            let next = this.check_timers(Instant::now());
+            if let Poll::Ready(Err(err)) = this.queue.poll_write(&mut this.io, cx) {
+                debug!(peer = %this.peer, error = %err, "write failed");
+                return Poll::Ready(());
+            }
+            if this.is_done() {
+                return Poll::Ready(());
+            }
+            if let Some(at) = next {
+                if this.timer.deadline() != at {
+                    this.timer.as_mut().reset(at);
+                }
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Still busy after a full round: yield to other tasks, come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Decoding with the codec's tokio-util trait, named for readability at the call site.
+trait DecodeItem {
+    fn decode_item(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError>;
+}
+
+impl DecodeItem for FrameDecoder {
+    fn decode_item(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
+        tokio_util::codec::Decoder::decode(self, buf)
+    }
+}

@@ -1,0 +1,65 @@
+//! Handlers and the table that routes method names to them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rpc_core::{CallContext, Status};
+
+/// What a handler returns: the serialized result, or the status the call fails with.
+pub type HandlerResult = Result<Bytes, Status>;
+
+/// The boxed future a [`Handler`] returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
+
+/// Serves calls of one method: bytes in, a result of bytes out, with the call's context.
+///
+/// Implemented for every `Fn(CallContext, Bytes) -> impl Future<Output = HandlerResult>`, so a
+/// closure is a handler. The `#[service]` macro generates handlers that decode the arguments,
+/// call the typed method and encode its result.
+///
+/// Handlers run on their connection's task: a handler that blocks the thread stalls its
+/// connection (heartbeats included). Use `tokio::task::spawn_blocking` for blocking work.
+pub trait Handler: Send + Sync + 'static {
+    /// Starts serving one call.
+    fn call(&self, ctx: CallContext, payload: Bytes) -> HandlerFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, ctx: CallContext, payload: Bytes) -> HandlerFuture {
+        Box::pin(self(ctx, payload))
+    }
+}
+
+/// Method name → handler.
+#[derive(Clone, Default)]
+pub(crate) struct Router {
+    handlers: HashMap<Box<str>, Arc<dyn Handler>>,
+}
+
+impl Router {
+    pub(crate) fn insert(&mut self, method: &str, handler: Arc<dyn Handler>) {
+        self.handlers.insert(method.into(), handler);
+    }
+
+    pub(crate) fn get(&self, method: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(method)
+    }
+
+    pub(crate) fn methods(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(|k| &**k)
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.methods()).finish()
+    }
+}

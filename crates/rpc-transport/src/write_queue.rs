@@ -1,0 +1,362 @@
+//! Outbound frames: coalesced into batches, large payloads sent without copying, urgent frames
+//! first.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use rpc_codec::{EncodeError, Frame, FrameEncoder};
+use tokio::io::AsyncWrite;
+
+/// Payloads at least this large are written from their own buffer (a vectored write) instead of
+/// being copied into the batch.
+const COPY_LIMIT: usize = 8 * 1024;
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// The frames a connection has to write, in batches.
+///
+/// Frames pushed while a batch is being written wait in the *next* batch, so many small frames
+/// leave in one write call. Urgent frames (PONGs) go at the front of the next batch, ahead of every
+/// frame queued before them that has not started. Each batch has a sequence number, so the owner
+/// can tell which frames were completely handed to the kernel ([`WriteQueue::written_through`]):
+/// that is how a client knows a request was NOT_SENT.
+#[derive(Debug)]
+pub struct WriteQueue {
+    encoder: FrameEncoder,
+    /// The batch being written.
+    current: VecDeque<Bytes>,
+    current_seq: u64,
+    /// Frames for the next batch: small ones coalesced in `staging`, large payloads as chunks.
+    next: VecDeque<Bytes>,
+    staging: BytesMut,
+    urgent: BytesMut,
+}
+
+impl WriteQueue {
+    /// A queue encoding with `encoder`.
+    #[must_use]
+    pub fn new(encoder: FrameEncoder) -> Self {
+        Self {
+            encoder,
+            current: VecDeque::new(),
+            current_seq: 0,
+            next: VecDeque::new(),
+            staging: BytesMut::with_capacity(8 * 1024),
+            urgent: BytesMut::new(),
+        }
+    }
+
+    /// The encoder, to record the peer's settings after the handshake.
+    pub fn encoder_mut(&mut self) -> &mut FrameEncoder {
+        &mut self.encoder
+    }
+
+    /// Queues `frame` in the next batch and returns that batch's sequence number.
+    ///
+    /// # Errors
+    /// [`EncodeError`] if the frame breaks the peer's limits; nothing is queued then.
+    pub fn push(&mut self, frame: &Frame) -> Result<u64, EncodeError> {
+        let payload = self.encoder.encode_head(frame, &mut self.staging)?;
+        if payload.len() >= COPY_LIMIT {
+            self.next.push_back(self.staging.split().freeze());
+            self.next.push_back(payload);
+        } else {
+            self.staging.extend_from_slice(&payload);
+        }
+        Ok(self.current_seq + 1)
+    }
+
+    /// Queues `frame` at the front of the next batch, ahead of frames queued before it.
+    ///
+    /// # Errors
+    /// [`EncodeError`] if the frame cannot be encoded.
+    pub fn push_urgent(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        let payload = self.encoder.encode_head(frame, &mut self.urgent)?;
+        self.urgent.extend_from_slice(&payload);
+        Ok(())
+    }
+
+    /// Whether nothing is waiting to be written.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+            && self.next.is_empty()
+            && self.staging.is_empty()
+            && self.urgent.is_empty()
+    }
+
+    /// Every frame pushed into a batch numbered up to this has been completely written.
+    #[must_use]
+    pub fn written_through(&self) -> u64 {
+        if self.current.is_empty() {
+            self.current_seq
+        } else {
+            self.current_seq - 1
+        }
+    }
+
+    /// Starts the next batch if the current one is done; false if there is nothing to write.
+    fn refill(&mut self) -> bool {
+        if !self.current.is_empty() {
+            return true;
+        }
+        if !self.staging.is_empty() {
+            self.next.push_back(self.staging.split().freeze());
+        }
+        if self.next.is_empty() && self.urgent.is_empty() {
+            return false;
+        }
+        if !self.urgent.is_empty() {
+            self.current.push_back(self.urgent.split().freeze());
+        }
+        self.current.append(&mut self.next);
+        self.current_seq += 1;
+        true
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.current.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.current.pop_front();
+        }
+    }
+
+    /// Writes until everything queued is written (`Ready(Ok)`) or the transport is full
+    /// (`Pending`).
+    ///
+    /// # Errors
+    /// The transport's error, or `WriteZero` if it accepts no bytes.
+    pub fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.refill() {
+            let n = {
+                let slices: Vec<IoSlice<'_>> = self
+                    .current
+                    .iter()
+                    .take(MAX_SLICES)
+                    .map(|chunk| IoSlice::new(chunk))
+                    .collect();
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_codec::{FrameDecoder, MethodName, Ping, Request, Role, Settings};
+    use tokio_util::codec::Decoder;
+
+    fn queue() -> WriteQueue {
+        let mut encoder = FrameEncoder::without_preface();
+        encoder.set_peer_settings(Settings::default());
+        WriteQueue::new(encoder)
+    }
+
+    fn request(id: u64, len: usize) -> Frame {
+        Frame::Request(Request::new(
+            id,
+            MethodName::from_static("T.m"),
+            Bytes::from(vec![u8::try_from(id % 256).unwrap(); len]),
+        ))
+    }
+
+    /// A writer that accepts at most `max` bytes per call, like a congested socket.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.out.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.max;
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(left);
+                self.out.extend_from_slice(&buf[..take]);
+                n += take;
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn drain(queue: &mut WriteQueue, io: &mut Trickle) {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(queue.poll_write(io, &mut cx).is_ready());
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<Frame> {
+        let mut decoder = FrameDecoder::builder(Role::Server).handshake(false).build();
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(item) = decoder.decode(&mut buf).unwrap() {
+            frames.push(item.unwrap());
+        }
+        assert!(buf.is_empty());
+        frames
+    }
+
+    #[test]
+    fn small_frames_coalesce_into_one_write() {
+        let mut q = queue();
+        for id in 1..=50 {
+            q.push(&request(id, 10)).unwrap();
+        }
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        assert_eq!(io.calls, 1);
+        assert_eq!(
+            decode(&io.out),
+            (1..=50).map(|id| request(id, 10)).collect::<Vec<_>>()
+        );
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn large_payloads_and_partial_writes_keep_the_byte_stream_intact() {
+        let mut q = queue();
+        let frames: Vec<Frame> = (1..=6)
+            .map(|id| request(id, if id % 2 == 0 { 100_000 } else { 7 }))
+            .collect();
+        for f in &frames {
+            q.push(f).unwrap();
+        }
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: 999,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        assert_eq!(decode(&io.out), frames);
+    }
+
+    #[test]
+    fn urgent_frames_go_ahead_of_unstarted_ones_only() {
+        let mut q = queue();
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: 30,
+            calls: 0,
+        };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        q.push(&request(1, 40)).unwrap();
+        // Start writing batch 1 (request 1) but do not finish it.
+        let mut pending = Trickle {
+            out: Vec::new(),
+            max: 0,
+            calls: 0,
+        };
+        let _ = q.poll_write(&mut pending, &mut cx);
+        q.refill();
+        q.push(&request(2, 5)).unwrap();
+        let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
+        q.push_urgent(&pong).unwrap();
+        drain(&mut q, &mut io);
+        assert_eq!(decode(&io.out), vec![request(1, 40), pong, request(2, 5)]);
+    }
+
+    #[test]
+    fn written_through_tracks_whole_batches() {
+        let mut q = queue();
+        assert_eq!(q.written_through(), 0);
+        let seq = q.push(&request(1, 10)).unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(q.written_through(), 0, "queued is not written");
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: 10,
+            calls: 0,
+        };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A transport that takes 10 bytes and then blocks.
+        struct Once(Trickle, bool);
+        impl AsyncWrite for Once {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                b: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                if self.1 {
+                    return Poll::Pending;
+                }
+                self.1 = true;
+                Pin::new(&mut self.0).poll_write(cx, b)
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut once = Once(
+            Trickle {
+                out: Vec::new(),
+                max: 10,
+                calls: 0,
+            },
+            false,
+        );
+        assert!(q.poll_write(&mut once, &mut cx).is_pending());
+        assert_eq!(q.written_through(), 0, "partly written is not written");
+        assert_eq!(q.push(&request(2, 10)).unwrap(), 2, "joins the next batch");
+        drain(&mut q, &mut io);
+        assert_eq!(q.written_through(), 2);
+    }
+}
