@@ -8,7 +8,7 @@
 //! 3. timers: PING after an interval of silence, dead after the bound;
 //! 4. writing: one vectored write per batch of queued frames.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -154,6 +154,8 @@ pub(crate) async fn connect(
         commands: receiver,
         callers_gone: false,
         pending: HashMap::new(),
+        waiting: VecDeque::new(),
+        max_concurrent: usize::try_from(ack.settings.max_concurrent_calls).unwrap_or(usize::MAX),
         last_call_id: 0,
         usable: Arc::clone(&usable),
         in_flight: Arc::clone(&in_flight),
@@ -178,7 +180,9 @@ pub(crate) async fn connect(
 /// A call written (or queued to be written) and waiting for its response.
 #[derive(Debug)]
 struct Pending {
-    reply: oneshot::Sender<Result<Reply, Error>>,
+    /// `None` once the caller withdrew: the call still holds one of the server's concurrency
+    /// slots until its (CANCELLED) response arrives.
+    reply: Option<oneshot::Sender<Result<Reply, Error>>>,
     /// The write batch its REQUEST went into.
     batch: u64,
 }
@@ -192,6 +196,9 @@ struct Connection {
     /// Every sender is gone: the channel was dropped.
     callers_gone: bool,
     pending: HashMap<u64, Pending>,
+    /// Calls held back because the server's MAX_CONCURRENT_CALLS are all in use; not yet sent.
+    waiting: VecDeque<CallCommand>,
+    max_concurrent: usize,
     last_call_id: u64,
     usable: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
@@ -212,16 +219,45 @@ impl Connection {
         match command {
             Command::Call(call) => self.on_call(call),
             Command::Cancel { call_id } => {
-                if self.pending.remove(&call_id).is_some() {
-                    let _ = self
-                        .queue
-                        .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
+                if let Some(pending) = self.pending.get_mut(&call_id) {
+                    if pending.reply.take().is_some() {
+                        let _ = self
+                            .queue
+                            .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
+                    }
                 }
             }
         }
     }
 
-    fn on_call(&mut self, mut call: CallCommand) {
+    /// Takes a call's entry out of the pending table, freeing its concurrency slot, and returns
+    /// the caller's reply channel if the caller still waits.
+    fn complete(&mut self, call_id: u64) -> Option<oneshot::Sender<Result<Reply, Error>>> {
+        let reply = self.pending.remove(&call_id)?.reply;
+        self.admit_waiting();
+        reply
+    }
+
+    /// Sends held-back calls while the server has free slots.
+    fn admit_waiting(&mut self) {
+        while self.pending.len() < self.max_concurrent {
+            let Some(call) = self.waiting.pop_front() else {
+                return;
+            };
+            self.send_call(call);
+        }
+    }
+
+    fn on_call(&mut self, call: CallCommand) {
+        if self.pending.len() >= self.max_concurrent && self.goaway_last.is_none() {
+            // Respect the server's announced limit: hold the call, unsent, until a slot frees.
+            self.waiting.push_back(call);
+            return;
+        }
+        self.send_call(call);
+    }
+
+    fn send_call(&mut self, mut call: CallCommand) {
         if self.goaway_last.is_some() || self.end.is_some() {
             // Never written: safe anywhere. The channel will pick another connection.
             let err = Error::from_code(
@@ -243,7 +279,7 @@ impl Connection {
                 self.pending.insert(
                     call_id,
                     Pending {
-                        reply: call.reply,
+                        reply: Some(call.reply),
                         batch,
                     },
                 );
@@ -267,12 +303,10 @@ impl Connection {
             // PONG: liveness already recorded. Extensions are skipped.
             Ok(_) => {}
             Err(rejected) => {
-                if let Some(pending) = self.pending.remove(&rejected.call_id) {
+                if let Some(reply) = self.complete(rejected.call_id) {
                     let status = Status::new(rejected.status_code(), rejected.to_string());
                     let outcome = rejected.outcome();
-                    let _ = pending
-                        .reply
-                        .send(Err(Error::new(status, outcome).with_source(rejected)));
+                    let _ = reply.send(Err(Error::new(status, outcome).with_source(rejected)));
                 }
             }
         }
@@ -291,7 +325,7 @@ impl Connection {
             return;
         }
         // A response for a call no longer waited for (cancelled, expired) is discarded.
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(reply) = self.complete(id) else {
             return;
         };
         let result = if response.status.is_ok() {
@@ -307,7 +341,7 @@ impl Connection {
             };
             Err(Error::new(response.status, outcome))
         };
-        let _ = pending.reply.send(result);
+        let _ = reply.send(result);
     }
 
     fn on_goaway(&mut self, goaway: GoAway) {
@@ -329,14 +363,35 @@ impl Connection {
             .filter(|&id| id > last)
             .collect();
         for id in never_ran {
-            if let Some(pending) = self.pending.remove(&id) {
+            if let Some(reply) = self.pending.remove(&id).and_then(|p| p.reply) {
                 let err = Error::from_code(
                     StatusCode::UNAVAILABLE,
                     "the server is going away and did not run this call",
                     Outcome::NotExecuted,
                 )
                 .with_source(Arc::clone(&cause));
-                let _ = pending.reply.send(Err(err));
+                let _ = reply.send(Err(err));
+            }
+        }
+        // Calls held back were never sent: the channel sends them on another connection.
+        self.refuse_unsent("the connection is going away");
+    }
+
+    /// Fails every call not yet handed to the writer as NOT_SENT: those held back for a slot,
+    /// and, once the connection has ended, those still in the command queue.
+    fn refuse_unsent(&mut self, why: &str) {
+        let mut calls: Vec<CallCommand> = std::mem::take(&mut self.waiting).into();
+        if self.end.is_some() {
+            while let Ok(command) = self.commands.try_recv() {
+                if let Command::Call(call) = command {
+                    calls.push(call);
+                }
+            }
+        }
+        for call in calls {
+            if call.slot.hand_over(0) {
+                let err = Error::from_code(StatusCode::UNAVAILABLE, why, Outcome::NotSent);
+                let _ = call.reply.send(Err(err));
             }
         }
     }
@@ -367,26 +422,16 @@ impl Connection {
         let cause = Arc::new(cause);
         let pending = std::mem::take(&mut self.pending);
         for (id, call) in pending {
+            let Some(reply) = call.reply else { continue };
             let outcome = self.outcome_of(id, call.batch);
             let err = Error::from_code(StatusCode::UNAVAILABLE, cause.to_string(), outcome)
                 .with_source(Arc::clone(&cause));
-            let _ = call.reply.send(Err(err));
+            let _ = reply.send(Err(err));
         }
         self.end = Some(cause);
-        // Calls already in the command queue were never written.
+        // Calls held back or still in the command queue were never written.
         self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
-            if let Command::Call(call) = command {
-                if call.slot.hand_over(0) {
-                    let err = Error::from_code(
-                        StatusCode::UNAVAILABLE,
-                        "the connection was lost before this call was sent",
-                        Outcome::NotSent,
-                    );
-                    let _ = call.reply.send(Err(err));
-                }
-            }
-        }
+        self.refuse_unsent("the connection was lost before this call was sent");
     }
 
     fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
@@ -497,7 +542,7 @@ impl Future for Connection {
                 _ => {}
             }
             this.in_flight.store(this.pending.len(), Ordering::Release);
-            let idle = this.pending.is_empty() && this.queue.is_empty();
+            let idle = this.pending.is_empty() && this.queue.is_empty() && this.waiting.is_empty();
             if idle && (this.callers_gone || this.goaway_last.is_some()) {
                 // Nobody will send another call here: close politely.
                 this.usable.store(false, Ordering::Release);

@@ -1,0 +1,140 @@
+//! Helpers for the end-to-end tests: servers on 127.0.0.1:0, a raw protocol client to play a
+//! misbehaving peer frame by frame, and a guard that shows when a handler's future is dropped.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use keel::codec::{DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, Hello, Role, Settings};
+use keel::core::CallContext;
+use keel::server::ServerBuilder;
+use keel::{Server, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Binds `builder` on 127.0.0.1:0.
+pub async fn start(builder: ServerBuilder) -> ServerHandle {
+    builder.build().bind("127.0.0.1:0").await.unwrap()
+}
+
+/// A server with `Echo.echo`.
+pub fn echo_builder() -> ServerBuilder {
+    Server::builder().register(
+        "Echo.echo",
+        |_ctx: CallContext, payload: Bytes| async move { Ok(payload) },
+    )
+}
+
+/// Sets its flag when dropped: put one in a handler's future to see the server drop it.
+#[derive(Debug)]
+pub struct DropFlag(pub Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Counts handler starts.
+#[derive(Clone, Debug, Default)]
+pub struct Counter(pub Arc<AtomicUsize>);
+
+impl Counter {
+    pub fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls `check` every 5 ms until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A client that speaks the protocol frame by frame, for playing a misbehaving peer.
+pub struct RawClient {
+    pub io: TcpStream,
+    pub decoder: FrameDecoder,
+    pub encoder: FrameEncoder,
+    pub buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let io = TcpStream::connect(addr).await.unwrap();
+        io.set_nodelay(true).unwrap();
+        Self {
+            io,
+            decoder: FrameDecoder::new(Role::Client),
+            encoder: FrameEncoder::new(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes the handshake with `settings`; returns the server's settings.
+    pub async fn handshake(addr: SocketAddr, settings: Settings) -> (Self, Settings) {
+        let mut raw = Self::connect(addr).await;
+        raw.send(Frame::Hello(Hello::new(settings))).await;
+        match raw.recv().await {
+            Ok(Some(Ok(Frame::HelloAck(ack)))) => {
+                raw.encoder.set_peer_settings(ack.settings);
+                (raw, ack.settings)
+            }
+            other => panic!("expected HELLO_ACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        self.encoder.encode(frame, &mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+    }
+
+    /// The next item, or `Ok(None)` when the server closed the connection. Fails the test if
+    /// nothing arrives within 5 s.
+    pub async fn recv(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(item) = self.decoder.decode(&mut self.buf)? {
+                    return Ok(Some(item));
+                }
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) => return self.decoder.decode_eof(&mut self.buf),
+                    Ok(_) => {}
+                    // A reset after the server's last frame counts as closed.
+                    Err(_) => return Ok(None),
+                }
+            }
+        })
+        .await
+        .expect("the server answered within 5 s")
+    }
+
+    /// Frames until the server closes the connection.
+    pub async fn recv_until_closed(&mut self) -> Vec<Decoded> {
+        let mut items = Vec::new();
+        while let Ok(Some(item)) = self.recv().await {
+            items.push(item);
+        }
+        items
+    }
+}
