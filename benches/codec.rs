@@ -1,23 +1,30 @@
 //! Encode and decode throughput of the wire codec (`rpc-codec`), against plain `crc32fast`.
 //!
 //! The body CRC is the only per-byte work the codec cannot avoid: encoding hashes the frame body
-//! once, decoding hashes it once. So each payload size gets one group with the baseline and the
+//! once, decoding hashes it once. So each payload size gets one group with the baselines and the
 //! codec side by side, all reported as payload bytes per second:
 //!
-//! - `crc32fast x2`: `crc32fast::hash` over the payload twice, the floor for `encode+decode`;
-//! - `encode+decode`: [`FrameEncoder::encode_head`] of a REQUEST, then decoding that frame's bytes
-//!   with a [`FrameDecoder`];
-//! - `crc32fast x1`: `crc32fast::hash` over the payload once, the floor for each direction alone;
+//! - `crc32fast x2`: `crc32fast::hash` over the same payload buffer twice;
+//! - `crc32fast x2 recv`: `crc32fast::hash` over the sender's payload, then over the payload in the
+//!   freshly copied receive buffer: the same bytes, in the same memory, that `encode+decode` hashes;
+//! - `encode+decode`: [`FrameEncoder::encode_head`] of a REQUEST, then decoding that frame from the
+//!   receive buffer with a [`FrameDecoder`];
+//! - `crc32fast x1`: `crc32fast::hash` over the sender's payload once (what `encode` hashes);
 //! - `encode`: [`FrameEncoder::encode_head`] alone, the zero-copy path a vectored writer uses (the
 //!   header and envelope go into a reused buffer, the payload comes back as a shared `Bytes`);
-//! - `decode`: [`FrameDecoder`] alone, which splits the frame off the read buffer and checks both
-//!   CRCs.
+//! - `crc32fast x1 recv`: `crc32fast::hash` over the payload in the receive buffer (what `decode`
+//!   hashes), with the same setup as `decode`;
+//! - `decode`: [`FrameDecoder`] alone, which splits the frame off the receive buffer and checks
+//!   both CRCs.
+//!
+//! A last group, `codec/32B stream`, encodes 64 small REQUESTs into one write buffer and decodes
+//! them from one read buffer with one decoder, in frames per second.
 //!
 //! Decoding needs the frame's bytes in a fresh `BytesMut` each iteration, as a socket read would
-//! leave them. That copy, and building the decoder, happen in criterion's untimed setup. Each
-//! iteration uses a fresh server-role decoder (a few words of state, no allocation), so the one
-//! REQUEST it decodes is always the first on its connection and the call-id rule is checked, and
-//! passed, every time.
+//! leave them. That copy, and building the decoder, happen in criterion's untimed setup (the
+//! `recv` baselines get the identical setup). Each iteration uses a fresh server-role decoder (a
+//! few words of state, no allocation), so the one REQUEST it decodes is always the first on its
+//! connection and the call-id rule is checked, and passed, every time.
 //!
 //! Run with `cargo bench --bench codec`; benches/README.md has the measured figures.
 

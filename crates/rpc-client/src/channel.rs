@@ -175,7 +175,7 @@ fn err_is_timeout(err: &crate::connection::ConnectionError) -> bool {
     match err {
         ConnectionError::Connect { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
         ConnectionError::Handshake { source, .. } => {
-            matches!(source, rpc_transport::HandshakeError::Timeout(_))
+            matches!(**source, rpc_transport::HandshakeError::Timeout(_))
         }
         _ => false,
     }

@@ -33,42 +33,37 @@ use tracing::debug;
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
 
-/// Why a connection ended, as the cause of the errors of the calls it was carrying.
-#[derive(Debug, thiserror::Error)]
+/// Why a connection ended: the cause in the error chain of every call it was carrying.
+///
+/// Cheap to clone (inner errors are shared), so each failed call carries it as its own cause and
+/// [`Error::has_cause`] finds it, and the I/O or protocol error beneath it.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ConnectionError {
     /// TCP connect failed or timed out.
-    #[error("could not connect to {addr}")]
     Connect {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The handshake failed.
-    #[error("handshake with {addr} failed")]
     Handshake {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        #[source]
-        source: HandshakeError,
+        source: Arc<HandshakeError>,
     },
     /// The server closed the connection.
-    #[error("the server closed the connection")]
     Closed,
     /// Reading or writing failed.
-    #[error("the connection failed")]
-    Io(#[source] std::io::Error),
+    Io(Arc<std::io::Error>),
     /// Nothing arrived from the server within the dead bound.
-    #[error("no frame from the server for {silent_for:?} (heartbeat bound)")]
     HeartbeatTimeout {
         /// How long the server was silent.
         silent_for: Duration,
     },
     /// The server sent GOAWAY.
-    #[error("the server is going away ({code}: {message})")]
     GoAway {
         /// The GOAWAY code.
         code: GoAwayCode,
@@ -76,8 +71,39 @@ pub enum ConnectionError {
         message: String,
     },
     /// The server broke the protocol.
-    #[error("the server broke the protocol")]
-    Protocol(#[source] DecodeError),
+    Protocol(Arc<DecodeError>),
+}
+
+impl std::fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect { addr, .. } => write!(f, "could not connect to {addr}"),
+            Self::Handshake { addr, .. } => write!(f, "handshake with {addr} failed"),
+            Self::Closed => f.write_str("the server closed the connection"),
+            Self::Io(_) => f.write_str("the connection failed"),
+            Self::HeartbeatTimeout { silent_for } => {
+                write!(
+                    f,
+                    "no frame from the server for {silent_for:?} (heartbeat bound)"
+                )
+            }
+            Self::GoAway { code, message } => {
+                write!(f, "the server is going away ({code}: {message})")
+            }
+            Self::Protocol(_) => f.write_str("the server broke the protocol"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect { source, .. } | Self::Io(source) => Some(&**source),
+            Self::Handshake { source, .. } => Some(&**source),
+            Self::Protocol(source) => Some(&**source),
+            Self::Closed | Self::HeartbeatTimeout { .. } | Self::GoAway { .. } => None,
+        }
+    }
 }
 
 /// A request for a connection task, from a caller.
@@ -123,9 +149,12 @@ pub(crate) async fn connect(
         .await
         .map_err(|_| ConnectionError::Connect {
             addr,
-            source: std::io::ErrorKind::TimedOut.into(),
+            source: Arc::new(std::io::ErrorKind::TimedOut.into()),
         })?
-        .map_err(|source| ConnectionError::Connect { addr, source })?;
+        .map_err(|source| ConnectionError::Connect {
+            addr,
+            source: Arc::new(source),
+        })?;
     let _ = io.set_nodelay(true);
     let local = config.settings();
     let mut read_buf = BytesMut::with_capacity(8 * 1024);
@@ -141,7 +170,10 @@ pub(crate) async fn connect(
         left,
     )
     .await
-    .map_err(|source| ConnectionError::Handshake { addr, source })?;
+    .map_err(|source| ConnectionError::Handshake {
+        addr,
+        source: Arc::new(source),
+    })?;
     let heartbeat = local.negotiated_heartbeat(&ack.settings);
     let (commands, receiver) = mpsc::unbounded_channel();
     let usable = Arc::new(AtomicBool::new(true));
@@ -210,7 +242,7 @@ struct Connection {
     /// The lowest last call id of the GOAWAYs received.
     goaway_last: Option<u64>,
     /// Why the connection ended, once it has.
-    end: Option<Arc<ConnectionError>>,
+    end: Option<ConnectionError>,
     addr: SocketAddr,
 }
 
@@ -321,7 +353,10 @@ impl Connection {
                     field: "call id of a request never sent",
                 },
             };
-            self.fail(ConnectionError::Protocol(err), GoAwayCode::PROTOCOL_ERROR);
+            self.fail(
+                ConnectionError::Protocol(Arc::new(err)),
+                GoAwayCode::PROTOCOL_ERROR,
+            );
             return;
         }
         // A response for a call no longer waited for (cancelled, expired) is discarded.
@@ -351,10 +386,10 @@ impl Connection {
             .map_or(goaway.last_call_id, |l| l.min(goaway.last_call_id));
         self.goaway_last = Some(last);
         self.usable.store(false, Ordering::Release);
-        let cause = Arc::new(ConnectionError::GoAway {
+        let cause = ConnectionError::GoAway {
             code: goaway.code,
             message: goaway.message,
-        });
+        };
         // Calls above the last call id never ran.
         let never_ran: Vec<u64> = self
             .pending
@@ -369,7 +404,7 @@ impl Connection {
                     "the server is going away and did not run this call",
                     Outcome::NotExecuted,
                 )
-                .with_source(Arc::clone(&cause));
+                .with_source(cause.clone());
                 let _ = reply.send(Err(err));
             }
         }
@@ -419,13 +454,12 @@ impl Connection {
                 .queue
                 .push(&Frame::GoAway(GoAway::new(0, goaway, cause.to_string())));
         }
-        let cause = Arc::new(cause);
         let pending = std::mem::take(&mut self.pending);
         for (id, call) in pending {
             let Some(reply) = call.reply else { continue };
             let outcome = self.outcome_of(id, call.batch);
             let err = Error::from_code(StatusCode::UNAVAILABLE, cause.to_string(), outcome)
-                .with_source(Arc::clone(&cause));
+                .with_source(cause.clone());
             let _ = reply.send(Err(err));
         }
         self.end = Some(cause);
@@ -461,7 +495,7 @@ impl Connection {
                 Ok(None) => {}
                 Err(err) => {
                     let code = err.go_away_code();
-                    self.fail(ConnectionError::Protocol(err), code);
+                    self.fail(ConnectionError::Protocol(Arc::new(err)), code);
                     return true;
                 }
             }
@@ -480,7 +514,7 @@ impl Connection {
                     progress = true;
                 }
                 Poll::Ready(Err(err)) => {
-                    self.fail(ConnectionError::Io(err), GoAwayCode::NO_ERROR);
+                    self.fail(ConnectionError::Io(Arc::new(err)), GoAwayCode::NO_ERROR);
                     return true;
                 }
             }
@@ -531,7 +565,7 @@ impl Future for Connection {
             let next = this.check_heartbeat(Instant::now());
             match this.queue.poll_write(&mut this.io, cx) {
                 Poll::Ready(Err(err)) => {
-                    this.fail(ConnectionError::Io(err), GoAwayCode::NO_ERROR);
+                    this.fail(ConnectionError::Io(Arc::new(err)), GoAwayCode::NO_ERROR);
                     this.in_flight.store(0, Ordering::Release);
                     return Poll::Ready(());
                 }
@@ -547,7 +581,7 @@ impl Future for Connection {
                 // Nobody will send another call here: close politely.
                 this.usable.store(false, Ordering::Release);
                 if this.end.is_none() {
-                    this.end = Some(Arc::new(ConnectionError::Closed));
+                    this.end = Some(ConnectionError::Closed);
                     let _ =
                         this.queue
                             .push(&Frame::GoAway(GoAway::new(0, GoAwayCode::NO_ERROR, "")));

@@ -1,0 +1,404 @@
+//! The runtime rows of docs/PROTOCOL.md §15 and the server's reaction to raw bad bytes, over real
+//! TCP. Each names what the peer sends, what comes back, and that a well-behaved client on another
+//! connection is served throughout.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use keel::codec::{
+    Budget, Cancel, DecodeError, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, HelloAck,
+    MAGIC, MethodName, Request, Response, Role, Settings,
+};
+use keel::core::CallContext;
+use keel::{CallOptions, Channel, Outcome, ServerHandle, StatusCode};
+use support::{Counter, RawClient, echo_builder, start};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn echo(id: u64, payload: &'static [u8]) -> Frame {
+    Frame::Request(Request::new(
+        id,
+        MethodName::from_static("Echo.echo"),
+        Bytes::from_static(payload),
+    ))
+}
+
+fn expect_response(item: Option<Result<Frame, keel::codec::FrameError>>) -> Response {
+    match item {
+        Some(Ok(Frame::Response(r))) => r,
+        other => panic!("expected a RESPONSE, got {other:?}"),
+    }
+}
+
+/// The GOAWAY a raw connection ends with, and that it then closes.
+async fn expect_goaway_and_close(raw: &mut RawClient) -> GoAway {
+    let items = raw.recv_until_closed().await;
+    items
+        .into_iter()
+        .find_map(|item| match item {
+            Ok(Frame::GoAway(g)) => Some(g),
+            _ => None,
+        })
+        .expect("a GOAWAY before the close")
+}
+
+/// A well-behaved client calling in a loop while a test misbehaves on other connections; its
+/// calls must all succeed.
+struct Bystander {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bystander {
+    fn start(server: &ServerHandle) -> Self {
+        let channel = Channel::builder(server.local_addr()).build();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let (s, o) = (Arc::clone(&stop), Arc::clone(&ok));
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::SeqCst) {
+                let reply = channel
+                    .call(
+                        "Echo.echo",
+                        Bytes::from_static(b"still here"),
+                        CallOptions::new(),
+                    )
+                    .await
+                    .expect("the bystander's call succeeds");
+                assert_eq!(reply.payload, "still here");
+                o.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Self { stop, ok, task }
+    }
+
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.ok.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_bad_magic_get_a_goaway_and_a_close() {
+    let server = start(echo_builder()).await;
+    let bystander = Bystander::start(&server);
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x8B, b'K', b'E', b'L', 0x0A][..],
+        &[0u8; 64][..],
+    ] {
+        let mut raw = RawClient::connect(server.local_addr()).await;
+        raw.send_raw(garbage).await;
+        let goaway = expect_goaway_and_close(&mut raw).await;
+        assert_eq!(goaway.code, GoAwayCode::PROTOCOL_ERROR);
+        assert!(
+            goaway.message.starts_with("bad magic"),
+            "{}",
+            goaway.message
+        );
+    }
+    assert!(bystander.finish().await > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_with_a_bad_crc_closes_only_its_connection() {
+    let server = start(echo_builder()).await;
+    let bystander = Bystander::start(&server);
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    raw.send(echo(1, b"fine")).await;
+    assert!(expect_response(raw.recv().await.unwrap()).status.is_ok());
+    let mut bytes = BytesMut::new();
+    raw.encoder.encode(echo(2, b"corrupt"), &mut bytes).unwrap();
+    bytes[10] ^= 0x20; // inside the call id
+    raw.send_raw(&bytes).await;
+    let goaway = expect_goaway_and_close(&mut raw).await;
+    assert_eq!(
+        (goaway.code, goaway.last_call_id),
+        (GoAwayCode::CHECKSUM_ERROR, 1)
+    );
+    assert!(bystander.finish().await > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_of_four_gib_is_refused_before_allocation() {
+    let server = start(echo_builder()).await;
+    let bystander = Bystander::start(&server);
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    // A REQUEST header claiming a 0xFFFFFFFF-byte body, with an honest header CRC.
+    let mut header = BytesMut::new();
+    header.put_u32(u32::MAX);
+    header.put_u8(0x03);
+    header.put_u8(0);
+    header.put_u16(0);
+    header.put_u64(7);
+    header.put_u32(0);
+    let crc = crc32fast::hash(&header);
+    header.put_u32(crc);
+    raw.send_raw(&header).await;
+    let items = raw.recv_until_closed().await;
+    let response = expect_response(items.first().cloned());
+    assert_eq!(
+        (response.call_id, response.status.code()),
+        (7, StatusCode::RESOURCE_EXHAUSTED)
+    );
+    assert!(response.not_executed);
+    assert!(
+        matches!(items.last(), Some(Ok(Frame::GoAway(g))) if g.code == GoAwayCode::FRAME_TOO_LARGE),
+        "{items:?}"
+    );
+    assert!(bystander.finish().await > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_that_never_finish_the_handshake_do_not_stop_service() {
+    let server = start(echo_builder().handshake_timeout(Duration::from_millis(500))).await;
+    let bystander = Bystander::start(&server);
+    let mut stalled = Vec::new();
+    for i in 0..200 {
+        let mut raw = RawClient::connect(server.local_addr()).await;
+        // Half of them send part of the preface, half send nothing at all.
+        if i % 2 == 0 {
+            raw.send_raw(&MAGIC[..5]).await;
+        }
+        stalled.push(raw);
+    }
+    let started = Instant::now();
+    for raw in &mut stalled {
+        let goaway = expect_goaway_and_close(raw).await;
+        assert_eq!(goaway.code, GoAwayCode::HANDSHAKE_TIMEOUT);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        bystander.finish().await > 10,
+        "the well-behaved client kept being served"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_scoped_faults_fail_only_their_call() {
+    let ran = Counter::default();
+    let count = ran.clone();
+    let server = start(
+        echo_builder().register("Count.me", move |_ctx: CallContext, p: Bytes| {
+            count.bump();
+            async move { Ok(p) }
+        }),
+    )
+    .await;
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+
+    // Body CRC mismatch: DATA_LOSS, never run.
+    let mut bytes = BytesMut::new();
+    let count_me = |id| {
+        Frame::Request(Request::new(
+            id,
+            MethodName::from_static("Count.me"),
+            Bytes::from_static(b"abc"),
+        ))
+    };
+    raw.encoder.encode(count_me(1), &mut bytes).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    raw.send_raw(&bytes).await;
+    let r = expect_response(raw.recv().await.unwrap());
+    assert_eq!(
+        (r.call_id, r.status.code(), r.not_executed),
+        (1, StatusCode::DATA_LOSS, true)
+    );
+
+    // Budget 0: expired on arrival, never run.
+    let mut expired = Request::new(2, MethodName::from_static("Count.me"), Bytes::new());
+    expired.budget = Budget::from_micros(0);
+    raw.send(Frame::Request(expired)).await;
+    let r = expect_response(raw.recv().await.unwrap());
+    assert_eq!(
+        (r.call_id, r.status.code(), r.not_executed),
+        (2, StatusCode::DEADLINE_EXCEEDED, true)
+    );
+
+    // Malformed envelope: a method name that is not UTF-8.
+    let mut body = Vec::new();
+    body.put_u64(u64::MAX);
+    body.put_u16(2);
+    body.put_slice(&[0xC3, 0x28]);
+    body.put_u32(0);
+    let mut header = BytesMut::new();
+    header.put_u32(u32::try_from(body.len()).unwrap());
+    header.put_slice(&[0x03, 0, 0, 0]);
+    header.put_u64(3);
+    header.put_u32(crc32fast::hash(&body));
+    let crc = crc32fast::hash(&header);
+    header.put_u32(crc);
+    header.put_slice(&body);
+    raw.send_raw(&header).await;
+    let r = expect_response(raw.recv().await.unwrap());
+    assert_eq!(
+        (r.call_id, r.status.code(), r.not_executed),
+        (3, StatusCode::INVALID_ARGUMENT, true)
+    );
+
+    // The connection lives on, and none of the three ran.
+    raw.send(count_me(4)).await;
+    let r = expect_response(raw.recv().await.unwrap());
+    assert_eq!(
+        (r.call_id, r.status.code(), &r.payload[..]),
+        (4, StatusCode::OK, &b"abc"[..])
+    );
+    assert_eq!(ran.get(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_cancels_for_calls_that_never_ran_closes_the_connection() {
+    let server = start(echo_builder().max_unstarted_cancels(20, Duration::from_secs(10))).await;
+    let bystander = Bystander::start(&server);
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    // Each REQUEST is cancelled in the same write, before the server can start it.
+    let mut bytes = BytesMut::new();
+    for id in 1..=100u64 {
+        raw.encoder.encode(echo(id, b"x"), &mut bytes).unwrap();
+        raw.encoder
+            .encode(Frame::Cancel(Cancel { call_id: id }), &mut bytes)
+            .unwrap();
+    }
+    raw.send_raw(&bytes).await;
+    let goaway = expect_goaway_and_close(&mut raw).await;
+    assert_eq!(goaway.code, GoAwayCode::TOO_MANY_CANCELS);
+    assert!(bystander.finish().await > 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_past_the_bound_is_closed_by_the_server() {
+    let server = start(echo_builder().heartbeat_interval(Duration::from_millis(100))).await;
+    let settings = Settings {
+        heartbeat_interval_ms: 100,
+        ..Settings::default()
+    };
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), settings).await;
+    let started = Instant::now();
+    // Read without ever answering the server's PINGs.
+    let items = raw.recv_until_closed().await;
+    let took = started.elapsed();
+    assert!(
+        items.iter().any(|i| matches!(i, Ok(Frame::Ping(_)))),
+        "{items:?}"
+    );
+    assert!(
+        matches!(items.last(), Some(Ok(Frame::GoAway(g))) if g.code == GoAwayCode::HEARTBEAT_TIMEOUT),
+        "{items:?}"
+    );
+    // The server's bound is 3 intervals.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(600),
+        "{took:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_even_while_calls_are_queued() {
+    let server = start(echo_builder()).await;
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    let mut bytes = BytesMut::new();
+    for id in 1..=50 {
+        raw.encoder.encode(echo(id, b"queued"), &mut bytes).unwrap();
+    }
+    raw.encoder
+        .encode(
+            Frame::Ping(keel::codec::Ping {
+                opaque: *b"liveness",
+            }),
+            &mut bytes,
+        )
+        .unwrap();
+    raw.send_raw(&bytes).await;
+    let mut pong_at = None;
+    let mut responses = 0;
+    while responses < 50 {
+        match raw.recv().await.unwrap() {
+            Some(Ok(Frame::Pong(p))) => {
+                assert_eq!(&p.opaque, b"liveness");
+                pong_at = Some(responses);
+            }
+            Some(Ok(Frame::Response(_))) => responses += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // All 50 requests and the PING arrived in one read: the PONG overtakes their responses.
+    assert_eq!(pong_at, Some(0), "PONG came after {pong_at:?} responses");
+    server.shutdown().await;
+}
+
+/// A fake server that completes the handshake and then answers the first REQUEST with a RESPONSE
+/// for a call id the client never used.
+async fn lying_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut decoder = FrameDecoder::new(Role::Server);
+        let mut encoder = FrameEncoder::new();
+        let mut out = BytesMut::new();
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Ok(Frame::Hello(hello)))) => {
+                    encoder.set_peer_settings(hello.settings);
+                    encoder
+                        .encode(
+                            Frame::HelloAck(HelloAck::new(Settings::default())),
+                            &mut out,
+                        )
+                        .unwrap();
+                }
+                Ok(Some(Ok(Frame::Request(_)))) => {
+                    encoder
+                        .encode(Frame::Response(Response::ok(99, Bytes::new())), &mut out)
+                        .unwrap();
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    io.write_all(&out).await.unwrap();
+                    out.clear();
+                    if tokio::io::AsyncReadExt::read_buf(&mut io, &mut buf)
+                        .await
+                        .unwrap_or(0)
+                        == 0
+                    {
+                        return;
+                    }
+                }
+                Err(DecodeError::Io(_)) | Err(_) => return,
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_for_a_call_never_sent_closes_the_client_connection() {
+    let addr = lying_server().await;
+    let channel = Channel::builder(addr).build();
+    let err = channel
+        .call("Echo.echo", Bytes::new(), CallOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::MaybeExecuted)
+    );
+    assert!(err.has_cause::<keel::client::ConnectionError>(), "{err:?}");
+}

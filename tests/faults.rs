@@ -1,0 +1,367 @@
+//! Faults over real TCP on 127.0.0.1: a server stopped mid-call, a peer gone silent, a graceful
+//! drain, connect failures and reconnects. Each asserts status, outcome and timing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use keel::client::ConnectionError;
+use keel::codec::{
+    Frame, FrameDecoder, FrameEncoder, GoAwayCode, HelloAck, MethodName, Request, Role, Settings,
+};
+use keel::core::CallContext;
+use keel::{CallOptions, Channel, Outcome, Server, StatusCode};
+use support::{Counter, RawClient, echo_builder, eventually, start};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::codec::Encoder;
+
+/// A server whose `Slow.hold` handlers count their starts and wait until released.
+fn holding_server() -> (keel::server::ServerBuilder, Counter, Arc<Notify>) {
+    let started = Counter::default();
+    let release = Arc::new(Notify::new());
+    let (count, gate) = (started.clone(), Arc::clone(&release));
+    let builder = echo_builder().register("Slow.hold", move |_ctx: CallContext, payload: Bytes| {
+        count.bump();
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.notified().await;
+            Ok(payload)
+        }
+    });
+    (builder, started, release)
+}
+
+fn spawn_calls(
+    channel: &Channel,
+    n: usize,
+    method: &'static str,
+) -> Vec<tokio::task::JoinHandle<Result<keel::Reply, keel::Error>>> {
+    (0..n)
+        .map(|i| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                channel
+                    .call(
+                        method,
+                        Bytes::from(vec![u8::try_from(i).unwrap(); 8]),
+                        CallOptions::new(),
+                    )
+                    .await
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_fails_every_pending_call_within_one_heartbeat_bound() {
+    let (builder, started, _release) = holding_server();
+    let server = start(builder).await;
+    let heartbeat = Duration::from_millis(200);
+    let channel = Channel::builder(server.local_addr())
+        .heartbeat_interval(heartbeat)
+        .build();
+    let calls = spawn_calls(&channel, 5, "Slow.hold");
+    assert!(eventually(Duration::from_secs(2), || started.get() == 5).await);
+
+    let stopped_at = Instant::now();
+    server.abort().await;
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), StatusCode::UNAVAILABLE);
+        assert_eq!(
+            err.outcome(),
+            Outcome::MaybeExecuted,
+            "sent and running when the server stopped"
+        );
+    }
+    let took = stopped_at.elapsed();
+    assert!(took < 2 * heartbeat, "pending calls took {took:?} to fail");
+}
+
+/// A fake server that completes the handshake announcing `heartbeat`, then never reads or writes
+/// again, keeping the socket open: a hung process.
+async fn silent_server(heartbeat: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut decoder = FrameDecoder::new(Role::Server);
+        let mut encoder = FrameEncoder::new();
+        // Read the preface and HELLO.
+        loop {
+            if let Some(item) = tokio_util::codec::Decoder::decode(&mut decoder, &mut buf).unwrap()
+            {
+                assert!(matches!(item, Ok(Frame::Hello(_))));
+                break;
+            }
+            assert!(
+                tokio::io::AsyncReadExt::read_buf(&mut io, &mut buf)
+                    .await
+                    .unwrap()
+                    > 0
+            );
+        }
+        let settings = Settings {
+            heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap(),
+            ..Settings::default()
+        };
+        let mut out = BytesMut::new();
+        encoder
+            .encode(Frame::HelloAck(HelloAck::new(settings)), &mut out)
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut io, &out)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(io);
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_after_the_handshake_is_declared_dead_within_the_bound() {
+    let heartbeat = Duration::from_millis(100);
+    let addr = silent_server(heartbeat).await;
+    let channel = Channel::builder(addr).heartbeat_interval(heartbeat).build();
+    let started = Instant::now();
+    let err = channel
+        .call(
+            "Echo.echo",
+            Bytes::from_static(b"anyone?"),
+            CallOptions::new().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), StatusCode::UNAVAILABLE);
+    assert_eq!(
+        err.outcome(),
+        Outcome::MaybeExecuted,
+        "the request was written"
+    );
+    assert!(err.has_cause::<ConnectionError>(), "{err:?}");
+    assert!(
+        matches!(
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<ConnectionError>()),
+            Some(ConnectionError::HeartbeatTimeout { .. })
+        ),
+        "{err:?}"
+    );
+    // Dead bound: 2 intervals of silence after the HELLO_ACK; allow 100 ms for scheduling.
+    assert!(
+        took >= Duration::from_millis(150),
+        "declared dead too early: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(300),
+        "declared dead too late: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_calls_in_flight_finish() {
+    let slept = Counter::default();
+    let count = slept.clone();
+    let server = start(
+        Server::builder()
+            .drain_grace(Duration::from_secs(5))
+            .register("Slow.nap", move |_ctx: CallContext, payload: Bytes| {
+                count.bump();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(payload)
+                }
+            }),
+    )
+    .await;
+    let addr = server.local_addr();
+    let channel = Channel::builder(addr).build();
+    let calls = spawn_calls(&channel, 10, "Slow.nap");
+    assert!(eventually(Duration::from_secs(2), || slept.get() == 10).await);
+
+    let shutdown_started = Instant::now();
+    server.shutdown().await;
+    let took = shutdown_started.elapsed();
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call
+            .await
+            .unwrap()
+            .expect("a call in flight at the drain completes");
+        assert_eq!(
+            reply.payload,
+            Bytes::from(vec![u8::try_from(i).unwrap(); 8])
+        );
+    }
+    assert!(
+        took < Duration::from_secs(1),
+        "shutdown took {took:?}, the calls needed 300 ms"
+    );
+    // The listener is gone: a new call cannot connect, and says so.
+    let err = channel
+        .call("Slow.nap", Bytes::new(), CallOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_sent_after_the_goaway_are_not_executed() {
+    let (builder, started, release) = holding_server();
+    let server = start(builder.drain_grace(Duration::from_secs(5))).await;
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    let hold = |id| {
+        Frame::Request(Request::new(
+            id,
+            MethodName::from_static("Slow.hold"),
+            Bytes::from_static(b"held"),
+        ))
+    };
+    raw.send(hold(1)).await;
+    assert!(eventually(Duration::from_secs(2), || started.get() == 1).await);
+
+    let shutdown = tokio::spawn(server.shutdown());
+    match raw.recv().await.unwrap().unwrap().unwrap() {
+        Frame::GoAway(goaway) => {
+            assert_eq!(goaway.code, GoAwayCode::NO_ERROR);
+            assert_eq!(goaway.last_call_id, 1);
+        }
+        other => panic!("expected GOAWAY, got {other:?}"),
+    }
+    // A request that crossed the GOAWAY: refused, never run.
+    raw.send(hold(2)).await;
+    match raw.recv().await.unwrap().unwrap().unwrap() {
+        Frame::Response(r) => {
+            assert_eq!(
+                (r.call_id, r.status.code(), r.not_executed),
+                (2, StatusCode::UNAVAILABLE, true)
+            );
+        }
+        other => panic!("expected the refusal of call 2, got {other:?}"),
+    }
+    assert_eq!(started.get(), 1);
+    // The call below the GOAWAY's id still completes; then the server closes.
+    release.notify_one();
+    match raw.recv().await.unwrap().unwrap().unwrap() {
+        Frame::Response(r) => assert_eq!((r.call_id, r.status.code()), (1, StatusCode::OK)),
+        other => panic!("expected the response to call 1, got {other:?}"),
+    }
+    assert!(raw.recv_until_closed().await.is_empty());
+    tokio::time::timeout(Duration::from_secs(2), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_outlasts_its_grace_period_drops_the_rest() {
+    let (builder, started, _release) = holding_server();
+    let server = start(builder.drain_grace(Duration::from_millis(300))).await;
+    let channel = Channel::builder(server.local_addr()).build();
+    let calls = spawn_calls(&channel, 3, "Slow.hold");
+    assert!(eventually(Duration::from_secs(2), || started.get() == 3).await);
+    let shutdown_started = Instant::now();
+    server.shutdown().await;
+    let took = shutdown_started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (StatusCode::UNAVAILABLE, Outcome::MaybeExecuted)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_not_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let channel = Channel::builder(addr).build();
+    let err = channel
+        .call("Echo.echo", Bytes::new(), CallOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+    assert!(err.has_cause::<ConnectionError>());
+    assert!(
+        err.has_cause::<std::io::Error>(),
+        "the refused connect is in the chain: {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_connection_is_replaced_on_the_next_call() {
+    let first = start(echo_builder()).await;
+    let addr = first.local_addr();
+    let channel = Channel::builder(addr).build();
+    assert_eq!(
+        channel
+            .call("Echo.echo", Bytes::from_static(b"1"), CallOptions::new())
+            .await
+            .unwrap()
+            .payload,
+        "1"
+    );
+    first.abort().await;
+    // Restarted on the same port.
+    let second = echo_builder().build().bind(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reply = channel
+        .call("Echo.echo", Bytes::from_static(b"2"), CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, "2");
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_announcing_goaway_sends_new_calls_to_a_new_connection() {
+    let (builder, started, release) = holding_server();
+    let server = start(builder.drain_grace(Duration::from_secs(5))).await;
+    let addr = server.local_addr();
+    let channel = Channel::builder(addr).build();
+    let held = spawn_calls(&channel, 1, "Slow.hold");
+    assert!(eventually(Duration::from_secs(2), || started.get() == 1).await);
+    let token = server.shutdown_token();
+    token.cancel(); // drain: GOAWAY on the connection, listener closed
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A second server takes the port; the draining connection must not be used for new calls.
+    let other = echo_builder().build().bind(addr).await.unwrap();
+    let reply = channel
+        .call(
+            "Echo.echo",
+            Bytes::from_static(b"fresh"),
+            CallOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, "fresh");
+    release.notify_one();
+    assert_eq!(
+        held.into_iter()
+            .next()
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+            .len(),
+        8
+    );
+    server.stopped().await;
+    other.shutdown().await;
+}
