@@ -402,3 +402,56 @@ async fn a_response_for_a_call_never_sent_closes_the_client_connection() {
     );
     assert!(err.has_cause::<keel::client::ConnectionError>(), "{err:?}");
 }
+
+/// Every `file::name` that docs/PROTOCOL.md §15 gives as a test exists in that file, and every row
+/// checked by a runtime names one (the codec's rows are checked by the codec's own suite).
+#[test]
+fn every_runtime_row_of_the_bad_input_table_names_a_test_that_exists() {
+    let protocol = include_str!("../docs/PROTOCOL.md");
+    let files = [
+        ("calls", include_str!("calls.rs")),
+        ("faults", include_str!("faults.rs")),
+        ("bad_input", include_str!("bad_input.rs")),
+    ];
+    let table = protocol
+        .split_once("## 15. Bad input")
+        .and_then(|(_, rest)| rest.split_once("## 16."))
+        .unwrap()
+        .0;
+    let mut checked = 0;
+    for row in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| #"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (Some(checked_by), Some(test_cell)) = (cells.get(3), cells.get(7)) else {
+            continue;
+        };
+        let names: Vec<&str> = test_cell
+            .split(',')
+            .map(|n| n.trim().trim_matches('`'))
+            .filter(|n| n.contains("::"))
+            .collect();
+        let runtime_row = !checked_by.starts_with("codec");
+        if runtime_row && !test_cell.contains("#[service]") {
+            assert!(
+                !names.is_empty(),
+                "runtime row without an end-to-end test: {row}"
+            );
+        }
+        for name in names {
+            let (file, function) = name.split_once("::").unwrap();
+            let source = files
+                .iter()
+                .find(|(f, _)| *f == file)
+                .unwrap_or_else(|| panic!("PROTOCOL.md names unknown test file {file}"))
+                .1;
+            assert!(
+                source.contains(&format!("fn {function}()")),
+                "PROTOCOL.md names `{name}`, which tests/{file}.rs does not have"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} end-to-end tests named");
+}
