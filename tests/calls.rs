@@ -91,7 +91,13 @@ async fn deadline_fails_the_call_at_the_deadline_and_drops_the_handler() {
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.code(), StatusCode::DEADLINE_EXCEEDED);
-    assert_eq!(err.outcome(), Outcome::MaybeExecuted);
+    // The client's own timer (MAYBE_EXECUTED) normally wins; on a loaded machine the server's
+    // DEADLINE_EXCEEDED response for the started handler (EXECUTED) can arrive first. Both are
+    // true and neither allows a retry of a non-idempotent call (PROTOCOL.md §9.1).
+    assert!(
+        matches!(err.outcome(), Outcome::MaybeExecuted | Outcome::Executed),
+        "{err:?}"
+    );
     assert!(took >= Duration::from_millis(100), "failed early: {took:?}");
     assert!(took <= Duration::from_millis(150), "failed late: {took:?}");
     assert!(
