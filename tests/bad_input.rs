@@ -10,15 +10,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use keel::codec::{
-    Budget, Cancel, DecodeError, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, HelloAck,
-    MAGIC, MethodName, Request, Response, Role, Settings,
+    Budget, Cancel, Frame, GoAway, GoAwayCode, MAGIC, MethodName, Request, Response, Settings,
 };
 use keel::core::CallContext;
 use keel::{CallOptions, Channel, Outcome, ServerHandle, StatusCode};
 use support::{Counter, RawClient, echo_builder, start};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 fn echo(id: u64, payload: &'static [u8]) -> Frame {
     Frame::Request(Request::new(
@@ -342,55 +339,14 @@ async fn pings_are_answered_even_while_calls_are_queued() {
     server.shutdown().await;
 }
 
-/// A fake server that completes the handshake and then answers the first REQUEST with a RESPONSE
-/// for a call id the client never used.
-async fn lying_server() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut io, _) = listener.accept().await.unwrap();
-        let mut buf = BytesMut::new();
-        let mut decoder = FrameDecoder::new(Role::Server);
-        let mut encoder = FrameEncoder::new();
-        let mut out = BytesMut::new();
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(Ok(Frame::Hello(hello)))) => {
-                    encoder.set_peer_settings(hello.settings);
-                    encoder
-                        .encode(
-                            Frame::HelloAck(HelloAck::new(Settings::default())),
-                            &mut out,
-                        )
-                        .unwrap();
-                }
-                Ok(Some(Ok(Frame::Request(_)))) => {
-                    encoder
-                        .encode(Frame::Response(Response::ok(99, Bytes::new())), &mut out)
-                        .unwrap();
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    io.write_all(&out).await.unwrap();
-                    out.clear();
-                    if tokio::io::AsyncReadExt::read_buf(&mut io, &mut buf)
-                        .await
-                        .unwrap_or(0)
-                        == 0
-                    {
-                        return;
-                    }
-                }
-                Err(DecodeError::Io(_)) | Err(_) => return,
-            }
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_for_a_call_never_sent_closes_the_client_connection() {
-    let addr = lying_server().await;
+    // Answers every REQUEST with a RESPONSE for call 99, which the client never sent.
+    let addr = support::fake_server(Settings::default(), |frame| match frame {
+        Frame::Request(_) => vec![Frame::Response(Response::ok(99, Bytes::new()))],
+        _ => Vec::new(),
+    })
+    .await;
     let channel = Channel::builder(addr).build();
     let err = channel
         .call("Echo.echo", Bytes::new(), CallOptions::new())

@@ -6,17 +6,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use keel::client::ConnectionError;
-use keel::codec::{
-    Frame, FrameDecoder, FrameEncoder, GoAwayCode, HelloAck, MethodName, Request, Role, Settings,
-};
+use keel::codec::{Frame, GoAwayCode, MethodName, Request, Settings};
 use keel::core::CallContext;
 use keel::{CallOptions, Channel, Outcome, Server, StatusCode};
 use support::{Counter, RawClient, echo_builder, eventually, start};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::codec::Encoder;
 
 /// A server whose `Slow.hold` handlers count their starts and wait until released.
 fn holding_server() -> (keel::server::ServerBuilder, Counter, Arc<Notify>) {
@@ -81,51 +78,15 @@ async fn a_stopped_server_fails_every_pending_call_within_one_heartbeat_bound() 
     assert!(took < 2 * heartbeat, "pending calls took {took:?} to fail");
 }
 
-/// A fake server that completes the handshake announcing `heartbeat`, then never reads or writes
-/// again, keeping the socket open: a hung process.
-async fn silent_server(heartbeat: Duration) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut io, _) = listener.accept().await.unwrap();
-        let mut buf = BytesMut::new();
-        let mut decoder = FrameDecoder::new(Role::Server);
-        let mut encoder = FrameEncoder::new();
-        // Read the preface and HELLO.
-        loop {
-            if let Some(item) = tokio_util::codec::Decoder::decode(&mut decoder, &mut buf).unwrap()
-            {
-                assert!(matches!(item, Ok(Frame::Hello(_))));
-                break;
-            }
-            assert!(
-                tokio::io::AsyncReadExt::read_buf(&mut io, &mut buf)
-                    .await
-                    .unwrap()
-                    > 0
-            );
-        }
-        let settings = Settings {
-            heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap(),
-            ..Settings::default()
-        };
-        let mut out = BytesMut::new();
-        encoder
-            .encode(Frame::HelloAck(HelloAck::new(settings)), &mut out)
-            .unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut io, &out)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(io);
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_goes_silent_after_the_handshake_is_declared_dead_within_the_bound() {
     let heartbeat = Duration::from_millis(100);
-    let addr = silent_server(heartbeat).await;
+    // Completes the handshake, then never answers anything: a hung process.
+    let settings = Settings {
+        heartbeat_interval_ms: u32::try_from(heartbeat.as_millis()).unwrap(),
+        ..Settings::default()
+    };
+    let addr = support::fake_server(settings, |_| Vec::new()).await;
     let channel = Channel::builder(addr).heartbeat_interval(heartbeat).build();
     let started = Instant::now();
     let err = channel

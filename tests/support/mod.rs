@@ -138,3 +138,44 @@ impl RawClient {
         items
     }
 }
+
+/// A server played by hand on 127.0.0.1:0 for one connection: it completes the handshake
+/// announcing `settings`, then hands every frame it receives to `on_frame` and writes back the
+/// frames it returns (so returning nothing plays a hung server). It holds the socket for up to
+/// 30 s.
+pub async fn fake_server(
+    settings: Settings,
+    mut on_frame: impl FnMut(Frame) -> Vec<Frame> + Send + 'static,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut decoder = FrameDecoder::new(Role::Server);
+        let mut encoder = FrameEncoder::new();
+        let serve = async {
+            loop {
+                let mut out = BytesMut::new();
+                while let Ok(Some(Ok(frame))) = decoder.decode(&mut buf) {
+                    let replies = match frame {
+                        Frame::Hello(hello) => {
+                            encoder.set_peer_settings(hello.settings);
+                            vec![Frame::HelloAck(keel::codec::HelloAck::new(settings))]
+                        }
+                        other => on_frame(other),
+                    };
+                    for reply in replies {
+                        encoder.encode(reply, &mut out).unwrap();
+                    }
+                }
+                io.write_all(&out).await.unwrap();
+                if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), serve).await;
+    });
+    addr
+}

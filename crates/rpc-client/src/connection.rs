@@ -24,7 +24,7 @@ use rpc_codec::{
     Request, Response, Role, Settings,
 };
 use rpc_core::{Error, Outcome, Status, StatusCode};
-use rpc_transport::{HandshakeError, WriteQueue, handshake};
+use rpc_transport::{HandshakeError, WriteQueue, handshake, poll_fill, poll_timer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
@@ -499,10 +499,7 @@ impl Connection {
                     return true;
                 }
             }
-            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
-                self.read_buf.reserve(16 * 1024);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            match poll_fill(&mut self.io, &mut self.read_buf, cx) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(0)) => {
                     self.fail(ConnectionError::Closed, GoAwayCode::NO_ERROR);
@@ -592,14 +589,7 @@ impl Future for Connection {
                 // Best effort to flush a last GOAWAY; give up when the socket is full.
                 return Poll::Ready(());
             }
-            if let Some(at) = next {
-                if this.timer.deadline() != at {
-                    this.timer.as_mut().reset(at);
-                }
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    progress = true;
-                }
-            }
+            progress |= poll_timer(&mut this.timer, next, cx);
             if !progress {
                 return Poll::Pending;
             }

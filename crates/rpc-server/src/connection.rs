@@ -28,7 +28,7 @@ use rpc_codec::{
     Request, Response, Role,
 };
 use rpc_core::{CallContext, Idempotency, Status, StatusCode};
-use rpc_transport::{WriteQueue, handshake};
+use rpc_transport::{WriteQueue, handshake, poll_fill, poll_timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -199,10 +199,7 @@ impl Connection {
                     }
                 }
             }
-            if self.read_buf.capacity() - self.read_buf.len() < 4096 {
-                self.read_buf.reserve(16 * 1024);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            match poll_fill(&mut self.io, &mut self.read_buf, cx) {
                 Poll::Pending => return handled > 0,
                 Poll::Ready(Ok(0)) => {
                     debug!(peer = %self.peer, "client closed the connection");
@@ -480,14 +477,7 @@ impl Future for Connection {
             if this.is_done() {
                 return Poll::Ready(());
             }
-            if let Some(at) = next {
-                if this.timer.deadline() != at {
-                    this.timer.as_mut().reset(at);
-                }
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    progress = true;
-                }
-            }
+            progress |= poll_timer(&mut this.timer, next, cx);
             if !progress {
                 return Poll::Pending;
             }

@@ -1,5 +1,6 @@
 //! Connection plumbing shared by keel's server and client: the [`WriteQueue`] that batches
-//! outbound frames, and the handshake I/O both sides perform.
+//! outbound frames, the handshake I/O both sides perform, and the small polling helpers of their
+//! connection loops.
 //!
 //! Internal to keel; its API follows the runtimes' needs, not a user's.
 //!
@@ -21,7 +22,9 @@
 #![warn(missing_docs)]
 
 pub mod handshake;
+mod poll;
 mod write_queue;
 
 pub use handshake::HandshakeError;
+pub use poll::{poll_fill, poll_timer};
 pub use write_queue::WriteQueue;
