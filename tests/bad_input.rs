@@ -356,7 +356,17 @@ async fn a_response_for_a_call_never_sent_closes_the_client_connection() {
         (err.code(), err.outcome()),
         (StatusCode::UNAVAILABLE, Outcome::MaybeExecuted)
     );
-    assert!(err.has_cause::<keel::client::ConnectionError>(), "{err:?}");
+    assert!(
+        matches!(
+            std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<keel::client::ConnectionError>()),
+            Some(keel::client::ConnectionError::UnknownCallId {
+                call_id: 99,
+                last_sent: 1
+            })
+        ),
+        "{err:?}"
+    );
 }
 
 /// Every `file::name` that docs/PROTOCOL.md §15 gives as a test exists in that file, and every row

@@ -72,6 +72,13 @@ pub enum ConnectionError {
     },
     /// The server broke the protocol.
     Protocol(Arc<DecodeError>),
+    /// The server answered a call id the client never sent.
+    UnknownCallId {
+        /// The call id in the RESPONSE.
+        call_id: u64,
+        /// The highest call id the client sent.
+        last_sent: u64,
+    },
 }
 
 impl std::fmt::Display for ConnectionError {
@@ -91,6 +98,10 @@ impl std::fmt::Display for ConnectionError {
                 write!(f, "the server is going away ({code}: {message})")
             }
             Self::Protocol(_) => f.write_str("the server broke the protocol"),
+            Self::UnknownCallId { call_id, last_sent } => write!(
+                f,
+                "the server answered call {call_id}, above the highest call id sent ({last_sent})"
+            ),
         }
     }
 }
@@ -101,7 +112,10 @@ impl std::error::Error for ConnectionError {
             Self::Connect { source, .. } | Self::Io(source) => Some(&**source),
             Self::Handshake { source, .. } => Some(&**source),
             Self::Protocol(source) => Some(&**source),
-            Self::Closed | Self::HeartbeatTimeout { .. } | Self::GoAway { .. } => None,
+            Self::Closed
+            | Self::HeartbeatTimeout { .. }
+            | Self::GoAway { .. }
+            | Self::UnknownCallId { .. } => None,
         }
     }
 }
@@ -347,16 +361,11 @@ impl Connection {
     fn on_response(&mut self, response: Response) {
         let id = response.call_id;
         if id > self.last_call_id {
-            let err = DecodeError::Malformed {
-                kind: rpc_codec::FrameKind::RESPONSE,
-                error: rpc_codec::BodyError::Truncated {
-                    field: "call id of a request never sent",
-                },
+            let cause = ConnectionError::UnknownCallId {
+                call_id: id,
+                last_sent: self.last_call_id,
             };
-            self.fail(
-                ConnectionError::Protocol(Arc::new(err)),
-                GoAwayCode::PROTOCOL_ERROR,
-            );
+            self.fail(cause, GoAwayCode::PROTOCOL_ERROR);
             return;
         }
         // A response for a call no longer waited for (cancelled, expired) is discarded.
