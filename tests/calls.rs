@@ -386,3 +386,45 @@ async fn application_errors_are_executed_with_their_status() {
     assert_eq!(err.to_string(), "NOT_FOUND (EXECUTED): no user 7");
     server.shutdown().await;
 }
+
+/// A handler that checks its payload in `start`, before any application code runs.
+struct NonEmpty;
+
+impl keel::server::Handler for NonEmpty {
+    fn start(
+        self: Arc<Self>,
+        ctx: CallContext,
+        payload: Bytes,
+    ) -> Result<keel::server::HandlerFuture, Status> {
+        if payload.is_empty() {
+            return Err(Status::new(StatusCode::INVALID_ARGUMENT, "empty payload"));
+        }
+        Ok(Box::pin(keel::server::context::scope(ctx, async move {
+            let method = keel::server::context::with_current(|c| c.method().to_owned());
+            Ok(Bytes::from(method.unwrap_or_default()))
+        })))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_refusing_in_start_is_not_executed_and_scope_gives_the_context() {
+    let server = start(Server::builder().register("Check.non_empty", NonEmpty)).await;
+    let channel = Channel::builder(server.local_addr()).build();
+    let err = channel
+        .call("Check.non_empty", Bytes::new(), CallOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::INVALID_ARGUMENT, Outcome::NotExecuted)
+    );
+    let reply = channel
+        .call(
+            "Check.non_empty",
+            Bytes::from_static(b"x"),
+            CallOptions::new(),
+        )
+        .await;
+    assert_eq!(reply.unwrap().payload, "Check.non_empty");
+    server.shutdown().await;
+}

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable};
 use rpc_core::{CallContext, Deadline, Status, StatusCode};
 
-use crate::handler::{Handler, HandlerResult};
+use crate::handler::{Handler, HandlerFuture, HandlerResult};
 
 /// How a call ended, ready to become its RESPONSE.
 #[derive(Debug)]
@@ -37,35 +37,22 @@ impl RunningCall {
     }
 }
 
-/// Builds the future that runs `handler` for one call. The handler is invoked on the future's
-/// first poll (so a CANCEL that arrives before then means it never ran), stopped at the deadline,
-/// dropped on abort, and a panic fails only this call with INTERNAL.
+/// Wraps a started handler's future for one call: it counts as started from its first poll
+/// (so a CANCEL before then means nothing of it ran), it is stopped at the deadline, dropped on
+/// abort, and a panic fails only this call with INTERNAL.
 pub(crate) fn dispatch(
-    handler: Arc<dyn Handler>,
-    ctx: CallContext,
-    payload: Bytes,
+    call_id: u64,
+    deadline: Option<Deadline>,
+    work: HandlerFuture,
 ) -> (CallFuture, RunningCall) {
-    let call_id = ctx.call_id();
-    let deadline = ctx.deadline();
     let started = Arc::new(AtomicBool::new(false));
     let (abort, registration) = AbortHandle::new_pair();
     let flag = Arc::clone(&started);
     let run = async move {
         flag.store(true, Ordering::Release);
-        match AssertUnwindSafe(handler.call(ctx, payload))
-            .catch_unwind()
-            .await
-        {
+        match AssertUnwindSafe(work).catch_unwind().await {
             Ok(result) => result,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(call_id, panic = %what, "handler panicked");
-                Err(Status::new(StatusCode::INTERNAL, "handler panicked"))
-            }
+            Err(panic) => Err(panicked(call_id, &*panic)),
         }
     };
     let flag = Arc::clone(&started);
@@ -100,6 +87,32 @@ pub(crate) fn dispatch(
         }
     };
     (Box::pin(fut), RunningCall { abort, started })
+}
+
+/// Starts `handler` for one call, containing a panic in its synchronous part. `Err((status,
+/// not_executed))` when the call ends here.
+pub(crate) fn start(
+    handler: Arc<dyn Handler>,
+    ctx: CallContext,
+    payload: Bytes,
+) -> Result<HandlerFuture, (Status, bool)> {
+    let call_id = ctx.call_id();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(ctx, payload))) {
+        Ok(Ok(work)) => Ok(work),
+        Ok(Err(refused)) => Err((refused, true)),
+        // Application code (a Deserialize impl, say) may have run: not NOT_EXECUTED.
+        Err(panic) => Err((panicked(call_id, &*panic), false)),
+    }
+}
+
+fn panicked(call_id: u64, panic: &(dyn std::any::Any + Send)) -> Status {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(call_id, panic = %what, "handler panicked");
+    Status::new(StatusCode::INTERNAL, "handler panicked")
 }
 
 fn to_tokio(deadline: Deadline) -> tokio::time::Instant {

@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, warn};
 
-use crate::call::{CallDone, CallFuture, RunningCall, dispatch};
+use crate::call::{CallDone, CallFuture, RunningCall, dispatch, start};
 use crate::config::ServerConfig;
 use crate::handler::{HandlerResult, Router};
 
@@ -267,15 +267,21 @@ impl Connection {
             return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
         }
         let now = Instant::now().into_std();
+        let deadline = request.budget.deadline_from(now);
         let ctx = CallContext::new(request.method.as_str())
             .with_call_id(id)
-            .with_deadline(request.budget.deadline_from(now))
+            .with_deadline(deadline)
             .with_metadata(request.metadata)
             .with_peer_addr(self.peer)
             .with_idempotency(Idempotency::from_flag(request.idempotent));
-        let (future, running) = dispatch(handler, ctx, request.payload);
-        self.calls.push(future);
-        self.running.insert(id, running);
+        match start(handler, ctx, request.payload) {
+            Ok(work) => {
+                let (future, running) = dispatch(id, deadline, work);
+                self.calls.push(future);
+                self.running.insert(id, running);
+            }
+            Err((status, not_executed)) => self.respond(id, Err(status), not_executed),
+        }
     }
 
     fn on_cancel(&mut self, call_id: u64) {

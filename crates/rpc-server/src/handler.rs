@@ -17,15 +17,26 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'st
 
 /// Serves calls of one method: bytes in, a result of bytes out, with the call's context.
 ///
+/// [`Handler::start`] runs when the call is dispatched and may refuse it before any application
+/// code runs (the arguments do not decode, say): the call is then answered with NOT_EXECUTED. The
+/// future it returns is the application's work; it is polled on the connection's task, and until
+/// its first poll the call counts as not started (a CANCEL then makes it NOT_EXECUTED too).
+///
 /// Implemented for every `Fn(CallContext, Bytes) -> impl Future<Output = HandlerResult>`, so a
-/// closure is a handler. The `#[service]` macro generates handlers that decode the arguments,
-/// call the typed method and encode its result.
+/// closure is a handler; the closure itself runs on the future's first poll. The `#[service]`
+/// macro generates handlers that decode the arguments in `start`, call the typed method and encode
+/// its result.
 ///
 /// Handlers run on their connection's task: a handler that blocks the thread stalls its
 /// connection (heartbeats included). Use `tokio::task::spawn_blocking` for blocking work.
 pub trait Handler: Send + Sync + 'static {
-    /// Starts serving one call.
-    fn call(&self, ctx: CallContext, payload: Bytes) -> HandlerFuture;
+    /// Starts serving one call, or refuses it with a status before anything of the application
+    /// runs.
+    ///
+    /// # Errors
+    /// The status the call is refused with; it is sent with the NOT_EXECUTED flag, so it must only
+    /// be returned when no application code ran.
+    fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status>;
 }
 
 impl<F, Fut> Handler for F
@@ -33,8 +44,8 @@ where
     F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
-    fn call(&self, ctx: CallContext, payload: Bytes) -> HandlerFuture {
-        Box::pin(self(ctx, payload))
+    fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
+        Ok(Box::pin(async move { (*self)(ctx, payload).await }))
     }
 }
 

@@ -42,6 +42,7 @@
 mod call;
 mod config;
 mod connection;
+pub mod context;
 mod handler;
 mod server;
 
