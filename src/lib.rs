@@ -30,14 +30,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 pub use rpc_client as client;
 pub use rpc_codec as codec;
 pub use rpc_core as core;
 pub use rpc_server as server;
 
+pub use bytes::Bytes;
 pub use rpc_client::{CallOptions, Channel, Reply};
 pub use rpc_core::{
     Bincode, CallContext, Deadline, Error, Idempotency, Metadata, MetadataKey, Outcome,
     PayloadCodec, PayloadError, Status, StatusCode,
 };
+pub use rpc_macros::service;
 pub use rpc_server::{Server, ServerHandle};

@@ -55,6 +55,12 @@ impl CallOptions {
         self
     }
 
+    /// Whether a deadline or timeout is set.
+    #[must_use]
+    pub fn has_deadline(&self) -> bool {
+        self.deadline.is_some() || self.timeout.is_some()
+    }
+
     pub(crate) fn resolve_deadline(&self, default: Duration) -> Deadline {
         let from_timeout = Deadline::from_now(self.timeout.unwrap_or(default));
         match (self.deadline, self.timeout) {

@@ -47,4 +47,4 @@ mod handler;
 mod server;
 
 pub use handler::{Handler, HandlerFuture, HandlerResult};
-pub use server::{Server, ServerBuilder, ServerHandle};
+pub use server::{Server, ServerBuilder, ServerHandle, Service};

@@ -111,6 +111,11 @@ impl ServerBuilder {
         self
     }
 
+    /// Registers every method of `service` (what `#[service]` generates as `{Trait}Server`).
+    pub fn add_service(self, service: impl Service) -> Self {
+        service.register(self)
+    }
+
     /// The server.
     pub fn build(self) -> Server {
         Server {
@@ -120,6 +125,13 @@ impl ServerBuilder {
             }),
         }
     }
+}
+
+/// A set of methods that registers itself on a server: what `#[service]` generates as
+/// `{Trait}Server` for an implementation of the trait.
+pub trait Service {
+    /// Registers every method on `builder`.
+    fn register(self, builder: ServerBuilder) -> ServerBuilder;
 }
 
 /// A keel server: its configuration and handlers, ready to serve a listener.

@@ -1,0 +1,186 @@
+//! Emits the rewritten trait, the typed client and the server adapter.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::ext::IdentExt;
+use syn::{ReturnType, TraitItem};
+
+use crate::parse::{Method, Service, is_ours};
+
+pub(crate) fn generate(service: Service, krate: &TokenStream) -> TokenStream {
+    let Service { mut item, methods } = service;
+    let trait_name = item.ident.clone();
+    let service_name = trait_name.unraw().to_string();
+    let vis = item.vis.clone();
+    let client = format_ident!("{}Client", trait_name);
+    let server = format_ident!("{}Server", trait_name);
+
+    // The trait: `async fn` becomes `fn -> impl Future + Send`, so the server can run the calls on
+    // any thread; the service is shared by every connection, hence Send + Sync + 'static.
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Send));
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Sync));
+    item.supertraits.push(syn::parse_quote!('static));
+    if item.colon_token.is_none() {
+        item.colon_token = Some(Default::default());
+    }
+    for (trait_item, method) in item.items.iter_mut().zip(&methods) {
+        let TraitItem::Fn(f) = trait_item else {
+            continue;
+        };
+        f.attrs.retain(|attr| !is_ours(attr));
+        let wire = format!("{service_name}.{}", method.name.unraw());
+        let note = format!(" On the wire: `{wire}`.");
+        f.attrs.push(syn::parse_quote!(#[doc = ""]));
+        f.attrs.push(syn::parse_quote!(#[doc = #note]));
+        f.sig.asyncness = None;
+        let output = &method.output;
+        f.sig.output = ReturnType::Type(
+            Default::default(),
+            Box::new(syn::parse_quote!(
+                impl ::core::future::Future<Output = #output> + ::core::marker::Send
+            )),
+        );
+    }
+
+    let client_methods = methods
+        .iter()
+        .map(|m| client_method(m, &service_name, krate));
+    let registrations = methods
+        .iter()
+        .map(|m| registration(m, &service_name, krate));
+    let client_doc = format!(
+        " Typed client of [`{trait_name}`]: one async method per trait method, each returning the \
+         method's result or a [`{krate_name}::Error`] with its status and retry-safety outcome.",
+        krate_name = "keel"
+    );
+    let server_doc = format!(
+        " Serves an implementation of [`{trait_name}`]: add it to a server with \
+         `ServerBuilder::add_service`."
+    );
+
+    quote! {
+        #item
+
+        #[doc = #client_doc]
+        ///
+        /// Cheap to clone; clones share the channel's connection. Per-call options (deadline,
+        /// metadata) are set with [`with_options`](Self::with_options), which returns a copy, so
+        /// the methods keep the trait's signatures.
+        #[derive(Clone, Debug)]
+        #vis struct #client {
+            channel: #krate::Channel,
+            options: #krate::CallOptions,
+        }
+
+        impl #client {
+            /// A client calling over `channel`, with default options.
+            #vis fn new(channel: #krate::Channel) -> Self {
+                Self { channel, options: #krate::CallOptions::new() }
+            }
+
+            /// A copy of this client whose calls use `options` (deadline, metadata). A method's
+            /// `#[deadline]` applies only when `options` sets none.
+            #[must_use]
+            #vis fn with_options(&self, options: #krate::CallOptions) -> Self {
+                Self { channel: ::core::clone::Clone::clone(&self.channel), options }
+            }
+
+            /// The channel this client calls over.
+            #vis fn channel(&self) -> &#krate::Channel {
+                &self.channel
+            }
+
+            #(#client_methods)*
+        }
+
+        #[doc = #server_doc]
+        #vis struct #server<S> {
+            service: ::std::sync::Arc<S>,
+        }
+
+        impl<S: #trait_name> #server<S> {
+            /// Serves `service`.
+            #vis fn new(service: S) -> Self {
+                Self { service: ::std::sync::Arc::new(service) }
+            }
+
+            /// Serves a service that is shared elsewhere too.
+            #vis fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                Self { service }
+            }
+        }
+
+        impl<S> ::core::fmt::Debug for #server<S> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(::core::stringify!(#server))
+            }
+        }
+
+        impl<S: #trait_name> #krate::server::Service for #server<S> {
+            fn register(self, builder: #krate::server::ServerBuilder) -> #krate::server::ServerBuilder {
+                builder #(#registrations)*
+            }
+        }
+    }
+}
+
+fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenStream {
+    let name = &method.name;
+    let wire = format!("{service}.{}", name.unraw());
+    let output = &method.output;
+    let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
+    let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
+    let docs = method
+        .item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"));
+    let idempotent = method.idempotent;
+    let deadline = match method.deadline {
+        Some(d) => {
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let note = format!(" Calls `{wire}`.");
+    quote! {
+        #(#docs)*
+        ///
+        #[doc = #note]
+        pub async fn #name(&self, #(#arg_names: #arg_types),*)
+            -> ::core::result::Result<#output, #krate::Error>
+        {
+            #krate::__private::call::<_, #output>(
+                &self.channel,
+                #wire,
+                &(#(#arg_names,)*),
+                ::core::clone::Clone::clone(&self.options),
+                #idempotent,
+                #deadline,
+            )
+            .await
+        }
+    }
+}
+
+fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStream {
+    let name = &method.name;
+    let wire = format!("{service}.{}", name.unraw());
+    let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
+    let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
+    quote! {
+        .register(
+            #wire,
+            #krate::__private::handler(
+                ::std::sync::Arc::clone(&self.service),
+                #wire,
+                |service: ::std::sync::Arc<S>, (#(#arg_names,)*): (#(#arg_types,)*)| async move {
+                    service.#name(#(#arg_names),*).await
+                },
+            ),
+        )
+    }
+}
