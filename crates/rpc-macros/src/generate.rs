@@ -175,7 +175,7 @@ fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStr
         .register(
             #wire,
             #krate::__private::handler(
-                ::std::sync::Arc::clone(&self.service),
+                <::std::sync::Arc<S> as ::core::clone::Clone>::clone(&self.service),
                 #wire,
                 |service: ::std::sync::Arc<S>, (#(#arg_names,)*): (#(#arg_types,)*)| async move {
                     service.#name(#(#arg_names),*).await

@@ -1,0 +1,6 @@
+#[keel::service]
+trait Echo {
+    fn echo(&self, text: String) -> String;
+}
+
+fn main() {}
