@@ -1,32 +1,55 @@
 //! keel: a binary RPC framework with fault tolerance built in.
 //!
+//! Define a trait, serve it, call it:
+//!
+//! ```
+//! use keel::{Channel, Server};
+//!
+//! #[keel::service]
+//! pub trait Greeter {
+//!     /// Says hello.
+//!     async fn greet(&self, name: String) -> String;
+//! }
+//!
+//! struct Polite;
+//!
+//! impl Greeter for Polite {
+//!     async fn greet(&self, name: String) -> String {
+//!         format!("hello, {name}")
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .add_service(GreeterServer::new(Polite))
+//!     .build()
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//! let client = GreeterClient::new(Channel::builder(server.local_addr()).build());
+//! assert_eq!(client.greet("world".into()).await?, "hello, world");
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Every frame on the wire carries a CRC-32 of its header and of its body, so corrupted bytes are
 //! detected and never decoded as something else. Every failed call carries a retry-safety
 //! [`Outcome`] (not sent, not executed, executed, maybe executed), so a retry never runs a call
 //! twice where that could do harm. Deadlines travel as relative budgets, so clocks need not agree.
 //!
 //! Depend on this crate alone; it re-exports the parts:
+//! - [`service`]: the `#[service]` attribute (see its crate, `rpc-macros`, for what it generates);
 //! - [`core`]: statuses, errors, outcomes, deadlines, metadata, call context, payload codecs;
 //! - [`codec`]: the wire protocol v1 (docs/PROTOCOL.md) as a sans-IO codec;
 //! - [`server`]: the server runtime ([`Server`]);
 //! - [`client`]: the client runtime ([`Channel`]).
 //!
-//! The `#[service]` macro, which generates typed clients and servers from a trait, arrives next.
-//!
-//! ```
-//! use keel::{Bincode, Error, Idempotency, Outcome, PayloadCodec, StatusCode};
-//!
-//! // Payloads are serde values encoded with bincode 2, decoded under a memory limit.
-//! let codec = Bincode::<{ 1 << 20 }>;
-//! let bytes = codec.encode(&("ping", 1u32))?;
-//! let (word, n): (String, u32) = codec.decode(&bytes)?;
-//! assert_eq!((word.as_str(), n), ("ping", 1));
-//!
-//! // A call lost with its connection may have run: only an idempotent method may be retried.
-//! let err = Error::from_code(StatusCode::UNAVAILABLE, "connection reset", Outcome::MaybeExecuted);
-//! assert!(!err.outcome().permits_retry(Idempotency::NonIdempotent));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! # Cancel safety
+//! Dropping a call's future withdraws the call: a request not yet written is never sent (NOT_SENT);
+//! one already written is followed by a CANCEL, and the server drops its handler. A call fails at its
+//! deadline with DEADLINE_EXCEEDED and is cancelled the same way.
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -47,3 +70,8 @@ pub use rpc_core::{
 };
 pub use rpc_macros::service;
 pub use rpc_server::{Server, ServerHandle};
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

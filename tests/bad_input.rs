@@ -378,6 +378,7 @@ fn every_runtime_row_of_the_bad_input_table_names_a_test_that_exists() {
         ("calls", include_str!("calls.rs")),
         ("faults", include_str!("faults.rs")),
         ("bad_input", include_str!("bad_input.rs")),
+        ("service", include_str!("service.rs")),
     ];
     let table = protocol
         .split_once("## 15. Bad input")
