@@ -252,17 +252,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let upstream = *lock(&shared.upstream);
-            let server =
-                match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream))
-                    .await
-                {
-                    Ok(Ok(server)) => server,
-                    _ => {
-                        tracing::debug!(id, %upstream, "upstream unreachable; resetting client");
-                        let _ = client.set_zero_linger();
-                        return;
-                    }
-                };
+            let connect = TcpStream::connect(upstream);
+            let Ok(Ok(server)) = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await
+            else {
+                tracing::debug!(id, %upstream, "upstream unreachable; resetting client");
+                let _ = client.set_zero_linger();
+                return;
+            };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let defaults = lock(&shared.defaults).clone();
@@ -390,7 +386,9 @@ async fn forward(
             };
             tokio::time::sleep_until(due).await;
             let faults = lock(&link.faults[index]).clone();
-            let (piece, gap) = faults.slice.unwrap_or((data.len().max(1), Duration::ZERO));
+            let (piece, gap) = faults
+                .slice
+                .unwrap_or_else(|| (data.len().max(1), Duration::ZERO));
             for (i, part) in data.chunks(piece).enumerate() {
                 if i > 0 && !gap.is_zero() {
                     tokio::time::sleep(gap).await;
