@@ -208,7 +208,7 @@ pub(crate) async fn connect(
         heartbeat,
         dead_after: heartbeat.map(|i| i * config.dead_after_intervals.max(2)),
         last_recv: Instant::now(),
-        pinged: false,
+        last_ping: Instant::now(),
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         goaway_last: None,
         end: None,
@@ -251,7 +251,8 @@ struct Connection {
     heartbeat: Option<Duration>,
     dead_after: Option<Duration>,
     last_recv: Instant,
-    pinged: bool,
+    /// When the last PING went out.
+    last_ping: Instant,
     timer: Pin<Box<Sleep>>,
     /// The lowest last call id of the GOAWAYs received.
     goaway_last: Option<u64>,
@@ -516,7 +517,6 @@ impl Connection {
                 }
                 Poll::Ready(Ok(_)) => {
                     self.last_recv = Instant::now();
-                    self.pinged = false;
                     progress = true;
                 }
                 Poll::Ready(Err(err)) => {
@@ -544,19 +544,19 @@ impl Connection {
             );
             return None;
         }
-        let ping_at = self.last_recv + interval;
-        if !self.pinged && now >= ping_at {
+        // A PING after each interval of silence, repeated while it lasts.
+        let ping_at = self.last_recv.max(self.last_ping) + interval;
+        let next_ping = if now >= ping_at {
             let opaque = u64::try_from(silent_for.as_nanos())
                 .unwrap_or_default()
                 .to_be_bytes();
             let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
-            self.pinged = true;
-        }
-        Some(if self.pinged {
-            self.last_recv + dead_after
+            self.last_ping = now;
+            now + interval
         } else {
             ping_at
-        })
+        };
+        Some(next_ping.min(self.last_recv + dead_after))
     }
 }
 

@@ -103,7 +103,7 @@ pub(crate) async fn serve_connection(
         heartbeat,
         dead_after: heartbeat.map(|i| i * shared.config.dead_after_intervals.max(2)),
         last_recv: Instant::now(),
-        pinged: false,
+        last_ping: Instant::now(),
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         drain: Box::pin(drain.cancelled_owned()),
         stop: Box::pin(stop.cancelled_owned()),
@@ -149,8 +149,8 @@ struct Connection {
     heartbeat: Option<Duration>,
     dead_after: Option<Duration>,
     last_recv: Instant,
-    /// Whether a PING went out since the last bytes arrived.
-    pinged: bool,
+    /// When the last PING went out.
+    last_ping: Instant,
     timer: Pin<Box<Sleep>>,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -206,10 +206,7 @@ impl Connection {
                     self.phase = Phase::Closed;
                     return true;
                 }
-                Poll::Ready(Ok(_)) => {
-                    self.last_recv = Instant::now();
-                    self.pinged = false;
-                }
+                Poll::Ready(Ok(_)) => self.last_recv = Instant::now(),
                 Poll::Ready(Err(err)) => {
                     debug!(peer = %self.peer, error = %err, "read failed");
                     self.phase = Phase::Closed;
@@ -419,17 +416,17 @@ impl Connection {
                     ));
                 } else {
                     due(dead_at);
-                    let ping_at = self.last_recv + interval;
-                    if !self.pinged {
-                        if now >= ping_at {
-                            let opaque = u64::try_from(now.elapsed().as_nanos())
-                                .unwrap_or_default()
-                                .to_be_bytes();
-                            let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
-                            self.pinged = true;
-                        } else {
-                            due(ping_at);
-                        }
+                    // A PING after each interval of silence, repeated while it lasts.
+                    let ping_at = self.last_recv.max(self.last_ping) + interval;
+                    if now >= ping_at {
+                        let opaque = u64::try_from(now.elapsed().as_nanos())
+                            .unwrap_or_default()
+                            .to_be_bytes();
+                        let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
+                        self.last_ping = now;
+                        due(now + interval);
+                    } else {
+                        due(ping_at);
                     }
                 }
             }

@@ -1,0 +1,668 @@
+//! Real faults through rpc-chaos's proxy and real server processes: corruption, blackholes, kills,
+//! hangs, latency, slicing, resets at every byte, drains. Each test asserts exact outcomes: which
+//! calls failed, with which status and outcome, how many times each handler ran, and how long
+//! detection took against the configured bound. tests/README.md lists them.
+//!
+//! Randomness comes from a seed printed at the start of each test; set `KEEL_CHAOS_SEED` to replay.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use keel::codec::{Frame, FrameEncoder, Hello, MethodName, Request, Response, Settings};
+use keel::core::CallContext;
+use keel::{Bytes, CallOptions, Channel, Error, Outcome, Server, ServerHandle, StatusCode};
+use rpc_chaos::{Direction, DropMode, Faults, Proxy, ServerProcess};
+use tokio_util::codec::Encoder;
+
+/// The seed for this test's randomness: `KEEL_CHAOS_SEED`, or the clock. Printed for replay.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("KEEL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
+            u64::from(nanos)
+        });
+    println!("{test}: KEEL_CHAOS_SEED={seed}");
+    seed
+}
+
+/// How many times the server ran its handler for each payload.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<HashMap<Bytes, usize>>>);
+
+impl Runs {
+    fn of(&self, payload: &[u8]) -> usize {
+        self.0.lock().unwrap().get(payload).copied().unwrap_or(0)
+    }
+    fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
+}
+
+/// An in-process server whose `Echo.echo` counts its runs per payload, and whose `Echo.sleep`
+/// sleeps for the milliseconds in its 8-byte payload.
+async fn counting_server(heartbeat: Duration) -> (ServerHandle, Runs) {
+    let runs = Runs::default();
+    let record = runs.clone();
+    let server = Server::builder()
+        .heartbeat_interval(heartbeat)
+        .register("Echo.echo", move |_ctx: CallContext, payload: Bytes| {
+            *record.0.lock().unwrap().entry(payload.clone()).or_default() += 1;
+            async move { Ok(payload) }
+        })
+        .register(
+            "Echo.sleep",
+            |_ctx: CallContext, payload: Bytes| async move {
+                let millis = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                Ok(payload)
+            },
+        )
+        .build()
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    (server, runs)
+}
+
+fn channel(addr: SocketAddr, heartbeat: Duration) -> Channel {
+    Channel::builder(addr).heartbeat_interval(heartbeat).build()
+}
+
+/// Bytes a client sends before its first REQUEST: preface and HELLO.
+fn client_preamble() -> u64 {
+    let mut out = BytesMut::new();
+    let hello = Frame::Hello(Hello::new(Settings::default()));
+    FrameEncoder::new().encode(hello, &mut out).unwrap();
+    out.len() as u64
+}
+
+/// Bytes a server sends before its first RESPONSE: preface and HELLO_ACK.
+fn server_preamble() -> u64 {
+    let mut out = BytesMut::new();
+    let ack = Frame::HelloAck(keel::codec::HelloAck::new(Settings::default()));
+    FrameEncoder::new().encode(ack, &mut out).unwrap();
+    out.len() as u64
+}
+
+fn encoded_len(frame: Frame) -> u64 {
+    let mut encoder = FrameEncoder::without_preface();
+    encoder.set_peer_settings(Settings::default());
+    let mut out = BytesMut::new();
+    encoder.encode(frame, &mut out).unwrap();
+    out.len() as u64
+}
+
+/// Bytes of an `Echo.echo` REQUEST (no metadata) carrying `payload`.
+fn echo_request_len(payload: &[u8]) -> u64 {
+    let request = Request::new(
+        1,
+        MethodName::from_static("Echo.echo"),
+        Bytes::copy_from_slice(payload),
+    );
+    encoded_len(Frame::Request(request))
+}
+
+/// Bytes of a successful RESPONSE carrying `payload`.
+fn response_len(payload: &[u8]) -> u64 {
+    encoded_len(Frame::Response(Response::ok(
+        1,
+        Bytes::copy_from_slice(payload),
+    )))
+}
+
+fn assert_failed(result: &Result<keel::Reply, Error>, code: StatusCode, outcome: Outcome) {
+    match result {
+        Err(err) => assert_eq!((err.code(), err.outcome()), (code, outcome), "{err:?}"),
+        Ok(reply) => panic!(
+            "expected {code} ({outcome}), got a reply {:?}",
+            reply.payload
+        ),
+    }
+}
+
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_request_body_is_data_loss_and_never_runs() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("request body"))
+        .await
+        .unwrap();
+    let payload = b"request body payload";
+    // The last byte of the first REQUEST.
+    let at = client_preamble() + echo_request_len(payload) - 1;
+    proxy.set_faults(Direction::ClientToServer, Faults::none().flip_bit(at, 0x10));
+    let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+    let result = channel
+        .call("Echo.echo", Bytes::from_static(payload), CallOptions::new())
+        .await;
+    assert_failed(&result, StatusCode::DATA_LOSS, Outcome::NotExecuted);
+    assert_eq!(
+        runs.total(),
+        0,
+        "the corrupt request never reached the handler"
+    );
+    // The connection lives on.
+    let reply = channel
+        .call("Echo.echo", Bytes::from_static(b"next"), CallOptions::new())
+        .await;
+    assert_eq!(reply.unwrap().payload, "next");
+    assert_eq!(proxy.accepted(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_request_header_closes_that_connection_only() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("request header"))
+        .await
+        .unwrap();
+    let first = b"first call";
+    // Byte 10 of the second REQUEST's header: inside its call id.
+    let at = client_preamble() + echo_request_len(first) + 10;
+    proxy.set_faults(Direction::ClientToServer, Faults::none().flip_bit(at, 0x01));
+    let victim = channel(proxy.local_addr(), Duration::from_secs(10));
+    let bystander = channel(server.local_addr(), Duration::from_secs(10));
+    assert_eq!(
+        victim
+            .call("Echo.echo", Bytes::from_static(first), CallOptions::new())
+            .await
+            .unwrap()
+            .payload,
+        "first call"
+    );
+    let result = victim
+        .call(
+            "Echo.echo",
+            Bytes::from_static(b"second call"),
+            CallOptions::new(),
+        )
+        .await;
+    // The server answered GOAWAY(CHECKSUM_ERROR, last call id 1): call 2 is above it.
+    assert_failed(&result, StatusCode::UNAVAILABLE, Outcome::NotExecuted);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            std::error::Error::source(&err)
+                .and_then(|c| c.downcast_ref::<keel::client::ConnectionError>()),
+            Some(keel::client::ConnectionError::GoAway {
+                code: keel::codec::GoAwayCode::CHECKSUM_ERROR,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(runs.of(b"second call"), 0);
+    // Another connection is unaffected; the victim reconnects on its next call.
+    assert_eq!(
+        bystander
+            .call("Echo.echo", Bytes::from_static(b"fine"), CallOptions::new())
+            .await
+            .unwrap()
+            .payload,
+        "fine"
+    );
+    proxy.clear_faults();
+    assert_eq!(
+        victim
+            .call(
+                "Echo.echo",
+                Bytes::from_static(b"again"),
+                CallOptions::new()
+            )
+            .await
+            .unwrap()
+            .payload,
+        "again"
+    );
+    assert_eq!(proxy.accepted(), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_response_body_is_data_loss_maybe_executed() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("response body"))
+        .await
+        .unwrap();
+    let payload = b"response body payload";
+    let at = server_preamble() + response_len(payload) - 1;
+    proxy.set_faults(Direction::ServerToClient, Faults::none().flip_bit(at, 0x80));
+    let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+    let result = channel
+        .call("Echo.echo", Bytes::from_static(payload), CallOptions::new())
+        .await;
+    assert_failed(&result, StatusCode::DATA_LOSS, Outcome::MaybeExecuted);
+    assert_eq!(runs.of(payload), 1, "it did run once");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_calls_through_random_bit_flips_never_return_a_wrong_value() {
+    let seed = seed("random flips");
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed).await.unwrap();
+    // About one flipped byte per 20,000: a few hundred calls hit, each direction.
+    proxy.set_faults(
+        Direction::ClientToServer,
+        Faults::none().flip_random(0.000_05),
+    );
+    proxy.set_faults(
+        Direction::ServerToClient,
+        Faults::none().flip_random(0.000_05),
+    );
+    let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+    let outcomes: Vec<Result<(), Error>> = futures::stream::iter(0..10_000u32)
+        .map(|i| {
+            let channel = channel.clone();
+            async move {
+                let sent = Bytes::from(format!("call {i:05} {}", "x".repeat(40)));
+                let options = CallOptions::new()
+                    .timeout(Duration::from_secs(5))
+                    .idempotent(true);
+                let reply = channel.call("Echo.echo", sent.clone(), options).await?;
+                assert_eq!(
+                    reply.payload, sent,
+                    "a corrupted value was returned as a success"
+                );
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut by_kind: HashMap<(StatusCode, Outcome), usize> = HashMap::new();
+    for err in outcomes.iter().filter_map(|r| r.as_ref().err()) {
+        *by_kind.entry((err.code(), err.outcome())).or_default() += 1;
+    }
+    let ok = outcomes.iter().filter(|r| r.is_ok()).count();
+    println!(
+        "{ok} ok; failures by status and outcome: {by_kind:?}; handler runs {}",
+        runs.total()
+    );
+    for (code, outcome) in by_kind.keys() {
+        assert!(
+            matches!(
+                (*code, *outcome),
+                (
+                    StatusCode::DATA_LOSS,
+                    Outcome::NotExecuted | Outcome::MaybeExecuted
+                ) | (StatusCode::UNAVAILABLE, _)
+                    | (StatusCode::DEADLINE_EXCEEDED, _)
+            ),
+            "undocumented failure {code} {outcome}"
+        );
+    }
+    assert!(ok > 9_000, "only {ok} of 10,000 succeeded");
+    assert!(
+        by_kind.values().sum::<usize>() > 0,
+        "no corruption reached a call; seed {seed}"
+    );
+    server.shutdown().await;
+}
+
+/// A blackhole in `direction`: the call fails UNAVAILABLE once a heartbeat bound passes, and
+/// after the blackhole lifts a new connection serves the next call.
+///
+/// Towards the client, the client hears nothing and declares the connection dead after its bound
+/// (2 intervals): MAYBE_EXECUTED, since its request was written. Towards the server, the client
+/// still hears the server's PINGs, so it is the server that hears nothing: after its bound (3
+/// intervals) it sends GOAWAY(HEARTBEAT_TIMEOUT) with the last call it received, and the client
+/// learns, truthfully, that its call never ran: NOT_EXECUTED.
+async fn blackhole(direction: Direction, outcome: Outcome, bound: Duration) {
+    let (server, runs) = counting_server(HEARTBEAT).await;
+    let proxy = Proxy::start(server.local_addr(), seed("blackhole"))
+        .await
+        .unwrap();
+    let channel = channel(proxy.local_addr(), HEARTBEAT);
+    assert_eq!(
+        channel
+            .call("Echo.echo", Bytes::from_static(b"warm"), CallOptions::new())
+            .await
+            .unwrap()
+            .payload,
+        "warm"
+    );
+
+    proxy.set_faults(direction, Faults::none().blackhole());
+    let started = Instant::now();
+    let options = CallOptions::new().timeout(Duration::from_secs(5));
+    let result = channel
+        .call("Echo.echo", Bytes::from_static(b"lost"), options)
+        .await;
+    let took = started.elapsed();
+    assert_failed(&result, StatusCode::UNAVAILABLE, outcome);
+    assert!(
+        took <= bound + Duration::from_millis(150),
+        "{direction:?}: detected after {took:?}"
+    );
+    if outcome == Outcome::NotExecuted {
+        assert_eq!(runs.of(b"lost"), 0);
+    }
+
+    proxy.clear_faults();
+    let reply = channel
+        .call("Echo.echo", Bytes::from_static(b"back"), CallOptions::new())
+        .await;
+    assert_eq!(reply.unwrap().payload, "back");
+    assert_eq!(proxy.accepted(), 2, "a new connection");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_towards_the_server_is_detected_within_the_heartbeat_bound() {
+    blackhole(
+        Direction::ClientToServer,
+        Outcome::NotExecuted,
+        3 * HEARTBEAT,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_towards_the_client_is_detected_within_the_heartbeat_bound() {
+    blackhole(
+        Direction::ServerToClient,
+        Outcome::MaybeExecuted,
+        2 * HEARTBEAT,
+    )
+    .await;
+}
+
+/// The echo example, built by `cargo test` next to this test.
+fn echo_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("echo");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` without target filters",
+        path.display()
+    );
+    path
+}
+
+/// `Echo.sleep`'s arguments, as the example's typed client would encode them.
+fn sleep_args(millis: u64) -> Bytes {
+    use keel::PayloadCodec;
+    keel::Bincode::<{ keel::core::DEFAULT_DECODE_LIMIT }>
+        .encode(&(millis,))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_pending_calls_at_once_and_a_restart_serves_again() {
+    let mut server = ServerProcess::start(echo_example(), Vec::<String>::new())
+        .await
+        .unwrap();
+    let channel = channel(server.addr(), Duration::from_secs(1));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let options = CallOptions::new().timeout(Duration::from_secs(10));
+                channel.call("Echo.sleep", sleep_args(5_000), options).await
+            })
+        })
+        .collect();
+    assert!(support::eventually(Duration::from_secs(5), || channel.in_flight() == 4).await);
+    let killed = Instant::now();
+    server.kill().await.unwrap();
+    for call in calls {
+        assert_failed(
+            &call.await.unwrap(),
+            StatusCode::UNAVAILABLE,
+            Outcome::MaybeExecuted,
+        );
+    }
+    assert!(
+        killed.elapsed() < Duration::from_millis(500),
+        "{:?}, deadline was 10 s",
+        killed.elapsed()
+    );
+
+    server.restart().await.unwrap();
+    let reply = channel
+        .call("Echo.sleep", sleep_args(1), CallOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, sleep_args(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_is_detected_by_heartbeat_and_recovers_on_sigcont() {
+    let server = ServerProcess::start(echo_example(), Vec::<String>::new())
+        .await
+        .unwrap();
+    let heartbeat = Duration::from_millis(200);
+    let channel = channel(server.addr(), heartbeat);
+    channel
+        .call("Echo.sleep", sleep_args(1), CallOptions::new())
+        .await
+        .unwrap();
+
+    server.stop().unwrap();
+    let stopped = Instant::now();
+    let options = CallOptions::new().timeout(Duration::from_secs(10));
+    let result = channel.call("Echo.sleep", sleep_args(1), options).await;
+    let took = stopped.elapsed();
+    assert_failed(&result, StatusCode::UNAVAILABLE, Outcome::MaybeExecuted);
+    assert!(
+        took <= 2 * heartbeat + Duration::from_millis(150),
+        "detected after {took:?}"
+    );
+
+    server.resume().unwrap();
+    let reply = channel
+        .call("Echo.sleep", sleep_args(1), CallOptions::new())
+        .await;
+    assert_eq!(reply.unwrap().payload, sleep_args(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_and_slicing_keep_every_call_correct_and_deadlines_exact() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("latency and slicing"))
+        .await
+        .unwrap();
+    let latency = Duration::from_millis(40);
+    let faults = Faults::none()
+        .latency(latency, Duration::from_millis(10))
+        .slice(5, Duration::ZERO);
+    proxy.set_faults(Direction::ClientToServer, faults.clone());
+    proxy.set_faults(Direction::ServerToClient, faults);
+    let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+    let replies: Vec<bool> = futures::stream::iter(0..300u32)
+        .map(|i| {
+            let channel = channel.clone();
+            async move {
+                let sent = Bytes::from(vec![
+                    u8::try_from(i % 256).unwrap();
+                    usize::try_from(i).unwrap() * 7
+                ]);
+                channel
+                    .call("Echo.echo", sent.clone(), CallOptions::new())
+                    .await
+                    .unwrap()
+                    .payload
+                    == sent
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(replies.iter().all(|&ok| ok));
+    assert_eq!(runs.total(), 300);
+
+    // A deadline shorter than the round trip fails at the deadline.
+    let started = Instant::now();
+    let options = CallOptions::new().timeout(Duration::from_millis(60));
+    let result = channel
+        .call("Echo.echo", Bytes::from_static(b"too slow"), options)
+        .await;
+    let took = started.elapsed();
+    assert_failed(
+        &result,
+        StatusCode::DEADLINE_EXCEEDED,
+        Outcome::MaybeExecuted,
+    );
+    assert!(
+        took >= Duration::from_millis(60) && took <= Duration::from_millis(110),
+        "{took:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_at_every_byte_of_a_call_ends_it_with_a_true_outcome() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("reset at every byte"))
+        .await
+        .unwrap();
+    let upto_request = client_preamble() + echo_request_len(b"call 0000") + 4;
+    let upto_response = server_preamble() + response_len(b"call 0000") + 4;
+    let cases = (0..upto_request)
+        .map(|n| (Direction::ClientToServer, n, DropMode::Reset))
+        .chain((0..upto_response).map(|n| (Direction::ServerToClient, n, DropMode::Reset)))
+        .chain(
+            (0..upto_request)
+                .step_by(7)
+                .map(|n| (Direction::ClientToServer, n, DropMode::Close)),
+        )
+        .chain(
+            (0..upto_response)
+                .step_by(7)
+                .map(|n| (Direction::ServerToClient, n, DropMode::Close)),
+        );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, (direction, n, mode)) in cases.enumerate() {
+        proxy.clear_faults();
+        proxy.set_faults(direction, Faults::none().drop_after(n, mode));
+        let payload = Bytes::from(format!("call {i:04}"));
+        let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+        let options = CallOptions::new().timeout(Duration::from_secs(3));
+        let result = channel.call("Echo.echo", payload.clone(), options).await;
+        let ran = runs.of(&payload);
+        let label = match &result {
+            Ok(reply) => {
+                assert_eq!(reply.payload, payload);
+                assert_eq!(ran, 1);
+                "ok".to_owned()
+            }
+            Err(err) => {
+                assert_eq!(
+                    err.code(),
+                    StatusCode::UNAVAILABLE,
+                    "{direction:?} cut at {n}: {err:?}"
+                );
+                match err.outcome() {
+                    // Never claimed unless true.
+                    Outcome::NotSent | Outcome::NotExecuted => {
+                        assert_eq!(
+                            ran,
+                            0,
+                            "{direction:?} cut at {n}: claimed {} but ran",
+                            err.outcome()
+                        )
+                    }
+                    Outcome::MaybeExecuted => assert!(ran <= 1),
+                    other => panic!("{direction:?} cut at {n}: outcome {other}"),
+                }
+                err.outcome().to_string()
+            }
+        };
+        *seen.entry(label).or_default() += 1;
+        // Cuts inside the handshake are NOT_SENT: no request was written.
+        let preamble = match direction {
+            Direction::ClientToServer => client_preamble(),
+            Direction::ServerToClient => server_preamble(),
+        };
+        if n < preamble {
+            assert!(
+                matches!(&result, Err(e) if e.outcome() == Outcome::NotSent),
+                "{direction:?} cut at {n} inside the handshake: {result:?}"
+            );
+        }
+    }
+    println!("outcomes over every cut: {seen:?}");
+    assert!(
+        seen.contains_key("NOT_SENT")
+            && seen.contains_key("MAYBE_EXECUTED")
+            && seen.contains_key("ok")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_the_proxy_loses_no_call() {
+    let (server, runs) = counting_server(Duration::from_secs(10)).await;
+    let proxy = Proxy::start(server.local_addr(), seed("drain"))
+        .await
+        .unwrap();
+    proxy.set_faults(
+        Direction::ServerToClient,
+        Faults::none().latency(Duration::from_millis(20), Duration::ZERO),
+    );
+    let channel = channel(proxy.local_addr(), Duration::from_secs(10));
+    channel
+        .call(
+            "Echo.echo",
+            Bytes::from_static(b"connect first"),
+            CallOptions::new(),
+        )
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..400u32)
+        .map(|i| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(i % 40))).await;
+                let payload = Bytes::from(format!("drain {i}"));
+                (
+                    payload.clone(),
+                    channel.call("Echo.echo", payload, CallOptions::new()).await,
+                )
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    server.shutdown().await;
+    let (mut ok, mut refused) = (0, 0);
+    for call in calls {
+        let (payload, result) = call.await.unwrap();
+        match result {
+            Ok(reply) => {
+                assert_eq!(reply.payload, payload);
+                assert_eq!(runs.of(&payload), 1);
+                ok += 1;
+            }
+            Err(err) => {
+                // Refused, never run: safe to send again anywhere.
+                assert!(
+                    matches!(err.outcome(), Outcome::NotExecuted | Outcome::NotSent),
+                    "{err:?}"
+                );
+                assert_eq!(runs.of(&payload), 0, "{err:?}");
+                refused += 1;
+            }
+        }
+    }
+    println!("{ok} completed, {refused} refused before running");
+    assert!(ok > 0);
+    assert_eq!(ok + refused, 400);
+}
