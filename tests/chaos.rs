@@ -666,3 +666,135 @@ async fn a_drain_through_the_proxy_loses_no_call() {
     assert!(ok > 0);
     assert_eq!(ok + refused, 400);
 }
+
+/// Resident memory of this process, in KiB (`VmRSS` of /proc/self/status).
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Five minutes (`KEEL_SOAK_SECS` to change) of mixed faults at a steady 200 calls/s of
+/// non-idempotent calls. Run with
+/// `cargo test --release --test chaos -- --ignored soak --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 5-minute soak; run it by name"]
+async fn soak_mixed_faults_at_steady_load() {
+    use rand::{Rng, SeedableRng};
+    let seed = seed("soak");
+    let secs: u64 = std::env::var("KEEL_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let (server, runs) = counting_server(HEARTBEAT).await;
+    let proxy = Arc::new(Proxy::start(server.local_addr(), seed).await.unwrap());
+    let channel = channel(proxy.local_addr(), HEARTBEAT);
+    let end = Instant::now() + Duration::from_secs(secs);
+
+    // Faults change every 3 s, chosen by the seed.
+    let chaos = {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+            while Instant::now() < end {
+                proxy.clear_faults();
+                proxy.refuse_new(false);
+                proxy.resume();
+                let dir = if rng.random::<bool>() {
+                    Direction::ClientToServer
+                } else {
+                    Direction::ServerToClient
+                };
+                let fault = rng.random_range(0..8);
+                match fault {
+                    0 => {}
+                    1 => proxy.set_faults(
+                        dir,
+                        Faults::none()
+                            .latency(Duration::from_millis(30), Duration::from_millis(30)),
+                    ),
+                    2 => proxy.set_faults(dir, Faults::none().slice(3, Duration::ZERO)),
+                    3 => proxy.set_faults(dir, Faults::none().flip_random(0.000_1)),
+                    4 => proxy.set_faults(dir, Faults::none().blackhole()),
+                    5 => proxy.set_faults(
+                        dir,
+                        Faults::none().drop_after(rng.random_range(0..20_000), DropMode::Reset),
+                    ),
+                    6 => {
+                        proxy.refuse_new(true);
+                        proxy.cut_all(DropMode::Reset);
+                    }
+                    _ => proxy.pause(),
+                }
+                tokio::time::sleep(Duration::from_secs(if fault == 4 || fault == 7 {
+                    1
+                } else {
+                    3
+                }))
+                .await;
+            }
+            proxy.clear_faults();
+            proxy.refuse_new(false);
+            proxy.resume();
+        })
+    };
+
+    let mut rss = vec![(0u64, resident_kib())];
+    let mut results: HashMap<String, usize> = HashMap::new();
+    let mut sent = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let started = Instant::now();
+    let mut i = 0u64;
+    while Instant::now() < end || !in_flight.is_empty() {
+        tokio::select! {
+            _ = ticker.tick(), if Instant::now() < end => {
+                let payload = Bytes::from(format!("soak {i}"));
+                i += 1;
+                sent.push(payload.clone());
+                let channel = channel.clone();
+                in_flight.push(async move {
+                    channel.call("Echo.echo", payload, CallOptions::new().timeout(Duration::from_secs(2))).await
+                });
+                if i % 6000 == 0 {
+                    rss.push((started.elapsed().as_secs(), resident_kib()));
+                }
+            }
+            Some(result) = in_flight.next() => {
+                let label = match result {
+                    Ok(_) => "ok".to_owned(),
+                    Err(err) => format!("{} {}", err.code(), err.outcome()),
+                };
+                *results.entry(label).or_default() += 1;
+            }
+        }
+    }
+    chaos.await.unwrap();
+    rss.push((started.elapsed().as_secs(), resident_kib()));
+    let double_runs = sent.iter().filter(|p| runs.of(p) > 1).count();
+    println!("calls made: {}", sent.len());
+    let mut labels: Vec<_> = results.iter().collect();
+    labels.sort();
+    for (label, n) in labels {
+        println!("  {label}: {n}");
+    }
+    println!("handler double runs (non-idempotent calls): {double_runs}");
+    println!("resident memory (s, KiB): {rss:?}");
+    assert_eq!(double_runs, 0);
+    assert!(results.get("ok").copied().unwrap_or(0) > sent.len() / 2);
+    // Memory settles: the last sample is within 25% (plus 16 MiB of allocator slack) of the
+    // sample at the end of the first minute.
+    if let (Some(&(_, minute)), Some(&(_, last))) = (rss.get(1), rss.last()) {
+        assert!(
+            last <= minute + minute / 4 + 16 * 1024,
+            "resident memory kept growing: {rss:?}"
+        );
+    }
+    server.shutdown().await;
+}
