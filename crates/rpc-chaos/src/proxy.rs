@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::faults::{Direction, DropMode, Faults};
 
+/// Closed connections [`Proxy::connections`] keeps reporting, newest first out.
+const MAX_CLOSED_KEPT: usize = 256;
+
 /// How long the proxy waits to connect to the upstream server.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -215,7 +218,7 @@ impl Proxy {
         self.shared.accepted.load(Ordering::SeqCst)
     }
 
-    /// Every connection proxied so far, oldest first.
+    /// The connections proxied so far, oldest first: every open one and the latest 256 closed.
     #[must_use]
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         lock(&self.shared.links)
@@ -270,7 +273,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 cut: CancellationToken::new(),
                 reset: AtomicBool::new(false),
             });
-            lock(&shared.links).push(Arc::clone(&link));
+            {
+                let mut links = lock(&shared.links);
+                // Keep every open connection and the most recent closed ones, so a long run does
+                // not accumulate them.
+                let closed = links.iter().filter(|l| l.cut.is_cancelled()).count();
+                if closed > MAX_CLOSED_KEPT {
+                    let mut drop_closed = closed - MAX_CLOSED_KEPT;
+                    links.retain(|l| {
+                        let remove = drop_closed > 0 && l.cut.is_cancelled();
+                        drop_closed -= usize::from(remove);
+                        !remove
+                    });
+                }
+                links.push(Arc::clone(&link));
+            }
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             let rng = |dir: u64| SmallRng::seed_from_u64(shared.seed ^ (id << 1 | dir));

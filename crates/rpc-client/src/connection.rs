@@ -445,7 +445,8 @@ impl Connection {
     fn outcome_of(&self, call_id: u64, batch: u64) -> Outcome {
         if self.goaway_last.is_some_and(|last| call_id > last) {
             Outcome::NotExecuted
-        } else if batch > self.queue.written_through() {
+        } else if batch > self.queue.started_through() {
+            // Not one byte of its batch reached the socket.
             Outcome::NotSent
         } else {
             Outcome::MaybeExecuted

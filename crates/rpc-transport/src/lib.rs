@@ -15,7 +15,7 @@
 //! let request = Request::new(1, MethodName::from_static("Echo.echo"), Bytes::from_static(b"hi"));
 //! let batch = queue.push(&Frame::Request(request))?;
 //! assert_eq!(batch, 1);
-//! assert_eq!(queue.written_through(), 0); // queued, not yet written
+//! assert_eq!(queue.started_through(), 0); // queued: not a byte has left
 //! # Ok::<(), rpc_codec::EncodeError>(())
 //! ```
 #![forbid(unsafe_code)]

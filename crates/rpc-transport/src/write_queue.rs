@@ -22,8 +22,8 @@ const MAX_SLICES: usize = 64;
 /// Frames pushed while a batch is being written wait in the *next* batch, so many small frames
 /// leave in one write call. Urgent frames (PONGs) go at the front of the next batch, ahead of every
 /// frame queued before them that has not started. Each batch has a sequence number, so the owner
-/// can tell which frames were completely handed to the kernel ([`WriteQueue::written_through`]):
-/// that is how a client knows a request was NOT_SENT.
+/// can tell which frames cannot have left yet ([`WriteQueue::started_through`]): that is how a
+/// client knows a request was NOT_SENT.
 #[derive(Debug)]
 pub struct WriteQueue {
     encoder: FrameEncoder,
@@ -89,14 +89,12 @@ impl WriteQueue {
             && self.urgent.is_empty()
     }
 
-    /// Every frame pushed into a batch numbered up to this has been completely written.
+    /// Frames pushed into a batch numbered above this have not had a single byte handed to the
+    /// transport. A frame in the batch being written may already be wholly on the wire even though
+    /// the batch is not: this is the bound for claiming a request was never sent.
     #[must_use]
-    pub fn written_through(&self) -> u64 {
-        if self.current.is_empty() {
-            self.current_seq
-        } else {
-            self.current_seq - 1
-        }
+    pub fn started_through(&self) -> u64 {
+        self.current_seq
     }
 
     /// Starts the next batch if the current one is done; false if there is nothing to write.
@@ -311,12 +309,12 @@ mod tests {
     }
 
     #[test]
-    fn written_through_tracks_whole_batches() {
+    fn started_through_counts_a_partly_written_batch_as_possibly_sent() {
         let mut q = queue();
-        assert_eq!(q.written_through(), 0);
+        assert_eq!(q.started_through(), 0);
         let seq = q.push(&request(1, 10)).unwrap();
         assert_eq!(seq, 1);
-        assert_eq!(q.written_through(), 0, "queued is not written");
+        assert_eq!(q.started_through(), 0, "queued has not started");
         let mut io = Trickle {
             out: Vec::new(),
             max: 10,
@@ -354,9 +352,10 @@ mod tests {
             false,
         );
         assert!(q.poll_write(&mut once, &mut cx).is_pending());
-        assert_eq!(q.written_through(), 0, "partly written is not written");
+        assert_eq!(q.started_through(), 1, "partly written: it may have left");
         assert_eq!(q.push(&request(2, 10)).unwrap(), 2, "joins the next batch");
+        assert_eq!(q.started_through(), 1, "request 2 has not started");
         drain(&mut q, &mut io);
-        assert_eq!(q.written_through(), 2);
+        assert_eq!(q.started_through(), 2);
     }
 }
