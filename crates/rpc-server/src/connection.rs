@@ -104,6 +104,7 @@ pub(crate) async fn serve_connection(
         dead_after: heartbeat.map(|i| i * shared.config.dead_after_intervals.max(2)),
         last_recv: Instant::now(),
         last_ping: Instant::now(),
+        pings_sent: 0,
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         drain: Box::pin(drain.cancelled_owned()),
         stop: Box::pin(stop.cancelled_owned()),
@@ -151,6 +152,8 @@ struct Connection {
     last_recv: Instant,
     /// When the last PING went out.
     last_ping: Instant,
+    /// PINGs sent so far: each PING's opaque bytes.
+    pings_sent: u64,
     timer: Pin<Box<Sleep>>,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -419,9 +422,8 @@ impl Connection {
                     // A PING after each interval of silence, repeated while it lasts.
                     let ping_at = self.last_recv.max(self.last_ping) + interval;
                     if now >= ping_at {
-                        let opaque = u64::try_from(now.elapsed().as_nanos())
-                            .unwrap_or_default()
-                            .to_be_bytes();
+                        self.pings_sent += 1;
+                        let opaque = self.pings_sent.to_be_bytes();
                         let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
                         self.last_ping = now;
                         due(now + interval);
