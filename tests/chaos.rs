@@ -752,6 +752,12 @@ async fn soak_mixed_faults_at_steady_load() {
                     }
                     _ => proxy.pause(),
                 }
+                println!(
+                    "t={:.1}s fault {fault} {dir:?}",
+                    (Instant::now() + Duration::from_secs(secs))
+                        .saturating_duration_since(end)
+                        .as_secs_f64()
+                );
                 tokio::time::sleep(Duration::from_secs(if fault == 4 || fault == 7 {
                     1
                 } else {
@@ -767,6 +773,9 @@ async fn soak_mixed_faults_at_steady_load() {
 
     let mut rss = vec![(0u64, resident_kib())];
     let mut results: HashMap<String, usize> = HashMap::new();
+    // The result of each call, as an index into `names`: compact, like `runs`.
+    let mut names: Vec<String> = Vec::new();
+    let mut label_of_call: Vec<u8> = vec![u8::MAX; calls];
     let mut ticker = tokio::time::interval(Duration::from_millis(5));
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let started = Instant::now();
@@ -775,20 +784,27 @@ async fn soak_mixed_faults_at_steady_load() {
         tokio::select! {
             _ = ticker.tick(), if Instant::now() < end => {
                 let payload = Bytes::copy_from_slice(&i.to_be_bytes());
+                let index = i;
                 i += 1;
                 let channel = channel.clone();
                 in_flight.push(async move {
-                    channel.call("Soak.once", payload, CallOptions::new().timeout(Duration::from_secs(2))).await
+                    let result = channel.call("Soak.once", payload, CallOptions::new().timeout(Duration::from_secs(2))).await;
+                    (index, result)
                 });
                 if i % 6000 == 0 {
                     rss.push((started.elapsed().as_secs(), resident_kib()));
                 }
             }
-            Some(result) = in_flight.next() => {
+            Some((index, result)) = in_flight.next() => {
                 let label = match result {
                     Ok(_) => "ok".to_owned(),
                     Err(err) => format!("{} {}", err.code(), err.outcome()),
                 };
+                let code = names.iter().position(|n| *n == label).unwrap_or_else(|| {
+                    names.push(label.clone());
+                    names.len() - 1
+                });
+                label_of_call[usize::try_from(index).unwrap()] = u8::try_from(code).unwrap();
                 *results.entry(label).or_default() += 1;
             }
         }
@@ -796,10 +812,19 @@ async fn soak_mixed_faults_at_steady_load() {
     chaos.await.unwrap();
     rss.push((started.elapsed().as_secs(), resident_kib()));
     let made = usize::try_from(i).unwrap();
-    let double_runs = runs[..made]
-        .iter()
-        .filter(|r| r.load(std::sync::atomic::Ordering::SeqCst) > 1)
-        .count();
+    let doubled: Vec<usize> = (0..made)
+        .filter(|&i| runs[i].load(std::sync::atomic::Ordering::SeqCst) > 1)
+        .collect();
+    let double_runs = doubled.len();
+    for &i in doubled.iter().take(30) {
+        let label = names
+            .get(usize::from(label_of_call[i]))
+            .map_or("unfinished", String::as_str);
+        println!(
+            "double run: call {i} (sent at {:.2}s) ended {label}",
+            i as f64 / 200.0
+        );
+    }
     println!("calls made: {made}");
     let mut labels: Vec<_> = results.iter().collect();
     labels.sort();

@@ -460,6 +460,10 @@ impl Connection {
         }
         debug!(addr = %self.addr, cause = %cause, "connection lost");
         self.usable.store(false, Ordering::Release);
+        // Requests in batches not yet started are reported NOT_SENT below and may be retried
+        // elsewhere: none of them may be written now, even if the socket still works (a heartbeat
+        // timeout leaves it open).
+        self.queue.discard_unstarted();
         if goaway != GoAwayCode::NO_ERROR {
             let _ = self
                 .queue

@@ -80,6 +80,15 @@ impl WriteQueue {
         Ok(())
     }
 
+    /// Drops every frame not yet started, keeping the batch being written. A connection that has
+    /// told its callers their requests were never sent must make that true: nothing queued after
+    /// that point may reach the socket.
+    pub fn discard_unstarted(&mut self) {
+        self.next.clear();
+        self.staging.clear();
+        self.urgent.clear();
+    }
+
     /// Whether nothing is waiting to be written.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -242,6 +251,35 @@ mod tests {
         }
         assert!(buf.is_empty());
         frames
+    }
+
+    #[test]
+    fn discarding_unstarted_frames_keeps_the_batch_in_progress() {
+        let mut q = queue();
+        q.push(&request(1, 10)).unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut blocked = Trickle {
+            out: Vec::new(),
+            max: 0,
+            calls: 0,
+        };
+        let _ = q.poll_write(&mut blocked, &mut cx); // batch 1 started, nothing written
+        q.push(&request(2, 10)).unwrap();
+        q.push_urgent(&Frame::Ping(Ping { opaque: [1; 8] }))
+            .unwrap();
+        q.discard_unstarted();
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        assert_eq!(
+            decode(&io.out),
+            vec![request(1, 10)],
+            "request 2 never leaves"
+        );
     }
 
     #[test]
