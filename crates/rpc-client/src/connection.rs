@@ -211,6 +211,7 @@ pub(crate) async fn connect(
         last_ping: Instant::now(),
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         goaway_last: None,
+        deferred: false,
         end: None,
         addr,
     };
@@ -256,6 +257,8 @@ struct Connection {
     timer: Pin<Box<Sleep>>,
     /// The lowest last call id of the GOAWAYs received.
     goaway_last: Option<u64>,
+    /// Whether the last poll put off writing to gather more calls into the batch.
+    deferred: bool,
     /// Why the connection ended, once it has.
     end: Option<ConnectionError>,
     addr: SocketAddr,
@@ -571,8 +574,17 @@ impl Future for Connection {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..32 {
-            let mut progress = this.poll_commands(cx);
-            progress |= this.poll_read(cx);
+            let new_calls = this.poll_commands(cx);
+            let mut progress = new_calls | this.poll_read(cx);
+            if new_calls && !this.deferred && this.pending.len() > 1 && this.end.is_none() {
+                // Calls are arriving while others are in flight: yield once, so callers woken
+                // alongside this task queue theirs into the same batch (one syscall for many
+                // frames). A lone call is written at once, so latency at 1 in flight is unchanged.
+                this.deferred = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.deferred = false;
             let next = this.check_heartbeat(Instant::now());
             match this.queue.poll_write(&mut this.io, cx) {
                 Poll::Ready(Err(err)) => {
