@@ -151,7 +151,6 @@ impl Channel {
         let mut retried = false;
         loop {
             let conn = self.connection(deadline).await?;
-            check_limits(&conn.peer, &method, &options.metadata, payload.len())?;
             let now = std::time::Instant::now();
             if deadline.is_expired(now) {
                 return Err(deadline_exceeded(Outcome::NotSent));
@@ -160,6 +159,7 @@ impl Channel {
             request.idempotent = idempotent;
             request.budget = Budget::until(Some(deadline), now);
             request.metadata = options.metadata.clone();
+            check_limits(&conn.peer, &request)?;
             match send_and_wait(&conn, request, deadline).await {
                 Err(err) if !retried && is_connection_refusal(&err) => {
                     retried = true;

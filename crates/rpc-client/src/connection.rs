@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::FutureExt;
 use rpc_codec::{
-    DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, MethodName, Ping,
-    Request, Response, Role, Settings,
+    DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, Ping, Request,
+    Response, Role, Settings,
 };
 use rpc_core::{Error, Outcome, Status, StatusCode};
 use rpc_transport::{HandshakeError, WriteQueue, handshake, poll_fill, poll_timer};
@@ -627,14 +627,9 @@ impl Future for Connection {
 
 /// Checks a request against the server's limits before it is queued, so an oversize call fails
 /// locally with both sizes named instead of closing the connection.
-pub(crate) fn check_limits(
-    peer: &Settings,
-    method: &MethodName,
-    request_metadata: &rpc_core::Metadata,
-    payload_len: usize,
-) -> Result<(), Error> {
-    let metadata_len = request_metadata.encoded_len();
-    if request_metadata.check_size(peer.max_metadata_size).is_err() {
+pub(crate) fn check_limits(peer: &Settings, request: &Request) -> Result<(), Error> {
+    let metadata_len = request.metadata.encoded_len();
+    if request.metadata.check_size(peer.max_metadata_size).is_err() {
         return Err(Error::from_code(
             StatusCode::RESOURCE_EXHAUSTED,
             format!(
@@ -644,7 +639,7 @@ pub(crate) fn check_limits(
             Outcome::NotSent,
         ));
     }
-    let body = 8 + 2 + method.as_bytes().len() + 4 + metadata_len + payload_len;
+    let body = request.body_len();
     if u32::try_from(body).map_or(true, |body| body > peer.max_frame_size) {
         return Err(Error::from_code(
             StatusCode::RESOURCE_EXHAUSTED,

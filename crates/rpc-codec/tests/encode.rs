@@ -142,6 +142,8 @@ fn encode_head_hands_the_payload_back_without_copying_it() {
         "the same buffer, not a copy"
     );
     assert_eq!(head.len(), 24 + 23);
+    // body_len, which clients check against the peer's limit, is the real body size.
+    assert_eq!(req.body_len(), head.len() - 24 + out.len());
     // Head followed by payload is exactly what the copying encoder writes.
     let mut whole = BytesMut::new();
     encoder.encode(req.into(), &mut whole).unwrap();

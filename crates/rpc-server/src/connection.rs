@@ -186,7 +186,7 @@ impl Connection {
                 if !self.reading() {
                     return handled > 0;
                 }
-                match self.decoder.decode_item(&mut self.read_buf) {
+                match tokio_util::codec::Decoder::decode(&mut self.decoder, &mut self.read_buf) {
                     Ok(Some(item)) => {
                         self.handle(item);
                         handled += 1;
@@ -490,16 +490,5 @@ impl Future for Connection {
         // Still busy after a full round: yield to other tasks, come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-/// Decoding with the codec's tokio-util trait, named for readability at the call site.
-trait DecodeItem {
-    fn decode_item(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError>;
-}
-
-impl DecodeItem for FrameDecoder {
-    fn decode_item(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
-        tokio_util::codec::Decoder::decode(self, buf)
     }
 }

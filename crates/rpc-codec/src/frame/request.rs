@@ -139,6 +139,13 @@ impl Request {
         }
     }
 
+    /// The length of this request's frame body on the wire: its envelope and its payload. This
+    /// is what the peer's MAX_FRAME_SIZE limits.
+    #[must_use]
+    pub fn body_len(&self) -> usize {
+        self.envelope_len() + self.payload.len()
+    }
+
     pub(crate) fn decode(
         flags: u8,
         call_id: u64,
