@@ -326,3 +326,45 @@ async fn a_server_announcing_goaway_sends_new_calls_to_a_new_connection() {
     server.stopped().await;
     other.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_but_never_answers_the_handshake_is_not_sent_within_the_connect_timeout()
+ {
+    // The kernel completes the TCP connect; nothing ever answers the HELLO (a hung process).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let (io, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(io);
+    });
+    let channel = Channel::builder(addr)
+        .connect_timeout(Duration::from_millis(200))
+        .build();
+    let started = Instant::now();
+    let err = channel
+        .call(
+            "Echo.echo",
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+    assert!(
+        matches!(
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<ConnectionError>()),
+            Some(ConnectionError::Handshake { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(400),
+        "{took:?}"
+    );
+    hold.abort();
+}
