@@ -40,6 +40,7 @@ impl ClientConfig {
             heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             max_metadata_size: self.max_metadata_size,
+            dedupe_instance: 0,
         }
     }
 }

@@ -17,6 +17,8 @@ pub const SETTING_MAX_CONCURRENT_CALLS: u16 = 0x0002;
 pub const SETTING_HEARTBEAT_INTERVAL_MS: u16 = 0x0003;
 /// Setting id of [`Settings::max_metadata_size`].
 pub const SETTING_MAX_METADATA_SIZE: u16 = 0x0004;
+/// Setting id of [`Settings::dedupe_instance`].
+pub const SETTING_DEDUPE_INSTANCE: u16 = 0x0005;
 
 /// The smallest MAX_FRAME_SIZE a peer may announce: every handshake frame fits in it.
 pub const MIN_MAX_FRAME_SIZE: u32 = 4096;
@@ -50,6 +52,10 @@ pub struct Settings {
     pub heartbeat_interval_ms: u32,
     /// The largest metadata block, in bytes, the announcer accepts in one frame.
     pub max_metadata_size: u32,
+    /// Non-zero when the announcer (a server) keeps a dedupe window: a random id, new for each
+    /// server instance, so a client can tell whether a retry reaches the instance that recorded
+    /// the first attempt. 0 (the default, not sent): no dedupe window.
+    pub dedupe_instance: u32,
 }
 
 impl Default for Settings {
@@ -59,6 +65,7 @@ impl Default for Settings {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
+            dedupe_instance: 0,
         }
     }
 }
@@ -76,22 +83,28 @@ impl Settings {
         Some(Duration::from_millis(u64::from(ms)))
     }
 
-    fn entries(&self) -> [(u16, u32); 4] {
+    /// The entries sent: the four limits always, DEDUPE_INSTANCE when non-zero.
+    fn entries(&self) -> impl Iterator<Item = (u16, u32)> {
         [
             (SETTING_MAX_FRAME_SIZE, self.max_frame_size),
             (SETTING_MAX_CONCURRENT_CALLS, self.max_concurrent_calls),
             (SETTING_HEARTBEAT_INTERVAL_MS, self.heartbeat_interval_ms),
             (SETTING_MAX_METADATA_SIZE, self.max_metadata_size),
+            (SETTING_DEDUPE_INSTANCE, self.dedupe_instance),
         ]
+        .into_iter()
+        .filter(|&(id, value)| id != SETTING_DEDUPE_INSTANCE || value != 0)
     }
 
     /// Bytes the settings list takes: its `u16` count and six bytes per entry.
-    pub(crate) const WIRE_LEN: usize = 2 + 4 * 6;
+    pub(crate) fn wire_len(&self) -> usize {
+        2 + 6 * self.entries().count()
+    }
 
     pub(crate) fn write(&self, dst: &mut BytesMut) {
-        let entries = self.entries();
-        dst.put_u16(4);
-        for (id, value) in entries {
+        let count = u16::try_from(self.entries().count()).unwrap_or(u16::MAX);
+        dst.put_u16(count);
+        for (id, value) in self.entries() {
             dst.put_u16(id);
             dst.put_u32(value);
         }
@@ -115,6 +128,7 @@ impl Settings {
                 SETTING_MAX_CONCURRENT_CALLS => settings.max_concurrent_calls = value,
                 SETTING_HEARTBEAT_INTERVAL_MS => settings.heartbeat_interval_ms = value,
                 SETTING_MAX_METADATA_SIZE => settings.max_metadata_size = value,
+                SETTING_DEDUPE_INSTANCE => settings.dedupe_instance = value,
                 _ => {} // unknown settings are ignored
             }
         }

@@ -120,4 +120,15 @@ impl CallContext {
     pub fn idempotency(&self) -> Idempotency {
         self.idempotency
     }
+
+    /// Which attempt of the client's call this is: 1 for the first, more for a retry or a hedge
+    /// (the `rpc-attempt` metadata; 1 when absent or unreadable).
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.metadata
+            .get_str(crate::metadata::ATTEMPT_KEY)
+            .and_then(|value| value.parse().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1)
+    }
 }

@@ -59,6 +59,15 @@ impl Error {
         self
     }
 
+    /// This error with its cause replaced by what `wrap` makes of it: how a layer adds its own
+    /// cause on top of the chain without losing what is beneath.
+    #[must_use]
+    pub fn map_source(mut self, wrap: impl FnOnce(Option<BoxError>) -> BoxError) -> Self {
+        let source = self.inner.source.take();
+        self.inner.source = Some(wrap(source));
+        self
+    }
+
     /// The status: code, message and metadata.
     #[must_use]
     pub fn status(&self) -> &Status {

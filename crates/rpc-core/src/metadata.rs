@@ -15,6 +15,18 @@ pub const DEFAULT_MAX_METADATA_SIZE: u32 = 16 * 1024;
 /// use it.
 pub const RESERVED_PREFIX: &str = "rpc-";
 
+/// Request metadata: the 1-based number of this attempt of a call, in ASCII decimal. Sent on
+/// every attempt after the first (retries and hedges); absent means 1.
+pub const ATTEMPT_KEY: &str = "rpc-attempt";
+
+/// Request metadata: an opaque id of 1 to 64 bytes, the same on every attempt of one call, by
+/// which a server's dedupe window recognises a retry (docs/PROTOCOL.md §14.2).
+pub const REQUEST_ID_KEY: &str = "rpc-request-id";
+
+/// Response metadata, value `1`: the response is a recorded result of an earlier attempt, replayed
+/// by the server's dedupe window instead of running the handler again.
+pub const REPLAYED_KEY: &str = "rpc-replayed";
+
 /// Bytes an entry costs on the wire beyond its key and value: one byte of key length and four
 /// of value length.
 const ENTRY_OVERHEAD: usize = 1 + 4;

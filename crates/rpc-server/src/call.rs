@@ -1,4 +1,5 @@
-//! One dispatched call: the handler's future under its deadline, cancellable, panic-contained.
+//! One dispatched call: the handler's future under its deadline, cancellable, panic-contained;
+//! and, for the dedupe window, a detached execution and the calls that wait for its result.
 
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -9,7 +10,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable};
 use rpc_core::{CallContext, Deadline, Status, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::dedupe::{Runner, Shared, Waiter};
 use crate::handler::{Handler, HandlerFuture, HandlerResult};
 
 /// How a call ended, ready to become its RESPONSE.
@@ -19,6 +23,9 @@ pub(crate) struct CallDone {
     pub(crate) result: HandlerResult,
     /// True only when the handler never started: the server's NOT_EXECUTED guarantee.
     pub(crate) not_executed: bool,
+    /// True when the result is another request's execution (the dedupe window): the RESPONSE
+    /// carries `rpc-replayed: 1`.
+    pub(crate) replayed: bool,
 }
 
 /// The future of one call, as the connection polls it.
@@ -46,35 +53,110 @@ pub(crate) fn dispatch(
     work: HandlerFuture,
 ) -> (CallFuture, RunningCall) {
     let started = Arc::new(AtomicBool::new(false));
-    let (abort, registration) = AbortHandle::new_pair();
     let flag = Arc::clone(&started);
     let run = async move {
         flag.store(true, Ordering::Release);
-        match AssertUnwindSafe(work).catch_unwind().await {
-            Ok(result) => result,
-            Err(panic) => Err(panicked(call_id, &*panic)),
-        }
+        contain(call_id, work).await
     };
-    let flag = Arc::clone(&started);
-    let fut = async move {
-        let timed = async {
-            match deadline {
-                Some(deadline) => tokio::time::timeout_at(to_tokio(deadline), run)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::new(
-                            StatusCode::DEADLINE_EXCEEDED,
-                            "deadline exceeded",
-                        ))
-                    }),
-                None => run.await,
+    let run = async move { Ending::ran(until(deadline, run, || Err(deadline_exceeded())).await) };
+    supervise(call_id, run, started)
+}
+
+/// Starts the detached execution of a deduplicated call (tracked by `tracker`, so a graceful
+/// shutdown waits for it within the drain grace): it runs to completion or to `deadline` (the
+/// first request's), whatever happens to the connection that started it, and its result
+/// (INTERNAL for a panic, DEADLINE_EXCEEDED at the deadline) goes to `runner`'s entry and
+/// waiters. `stop` (the server's hard stop) drops it; the entry is then removed.
+pub(crate) fn detach(
+    call_id: u64,
+    deadline: Option<Deadline>,
+    work: HandlerFuture,
+    runner: Runner,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let execution = until(
+        deadline,
+        contain(call_id, work),
+        || Err(deadline_exceeded()),
+    );
+    tracker.spawn(async move {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => drop(runner),
+            result = execution => runner.finish(result),
+        }
+    });
+}
+
+/// A call that waits for a deduplicated execution's result instead of running a handler: under
+/// its own deadline, cancellable, and counted as started from the beginning (the execution was
+/// started, so neither a CANCEL nor the deadline makes it NOT_EXECUTED). `replayed` marks the
+/// result as another request's, for every waiter but the request that started the execution.
+pub(crate) fn wait(
+    call_id: u64,
+    deadline: Option<Deadline>,
+    waiter: Waiter,
+    replayed: bool,
+) -> (CallFuture, RunningCall) {
+    let run = async move {
+        let shared = async move {
+            match waiter.wait().await {
+                Shared::Done(result) => Ending {
+                    result,
+                    not_executed: false,
+                    replayed,
+                },
+                Shared::Refused(status) => Ending {
+                    result: Err(status),
+                    not_executed: true,
+                    replayed,
+                },
+                Shared::Stopped => Ending::ran(Err(Status::new(
+                    StatusCode::UNAVAILABLE,
+                    "the execution was stopped: the server is shutting down",
+                ))),
             }
         };
-        match Abortable::new(timed, registration).await {
-            Ok(result) => CallDone {
+        until(deadline, shared, || Ending::ran(Err(deadline_exceeded()))).await
+    };
+    supervise(call_id, run, Arc::new(AtomicBool::new(true)))
+}
+
+/// How a call's work ended, before it becomes a [`CallDone`].
+struct Ending {
+    result: HandlerResult,
+    not_executed: bool,
+    replayed: bool,
+}
+
+impl Ending {
+    /// The call's own result: the handler ran (or was started), nothing replayed.
+    fn ran(result: HandlerResult) -> Self {
+        Self {
+            result,
+            not_executed: false,
+            replayed: false,
+        }
+    }
+}
+
+/// Makes `run` abortable by a CANCEL: aborted, the call is CANCELLED, NOT_EXECUTED unless
+/// `started` is set.
+fn supervise(
+    call_id: u64,
+    run: impl Future<Output = Ending> + Send + 'static,
+    started: Arc<AtomicBool>,
+) -> (CallFuture, RunningCall) {
+    let (abort, registration) = AbortHandle::new_pair();
+    let flag = Arc::clone(&started);
+    let fut = async move {
+        match Abortable::new(run, registration).await {
+            Ok(ending) => CallDone {
                 call_id,
-                result,
-                not_executed: false,
+                result: ending.result,
+                not_executed: ending.not_executed,
+                replayed: ending.replayed,
             },
             Err(_aborted) => CallDone {
                 call_id,
@@ -83,10 +165,37 @@ pub(crate) fn dispatch(
                     "cancelled by the client",
                 )),
                 not_executed: !flag.load(Ordering::Acquire),
+                replayed: false,
             },
         }
     };
     (Box::pin(fut), RunningCall { abort, started })
+}
+
+/// A handler's future with a panic contained: it fails only this call, with INTERNAL.
+async fn contain(call_id: u64, work: HandlerFuture) -> HandlerResult {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(panicked(call_id, &*panic)),
+    }
+}
+
+/// `run`, stopped at `deadline` with what `expired` makes.
+async fn until<T>(
+    deadline: Option<Deadline>,
+    run: impl Future<Output = T>,
+    expired: impl FnOnce() -> T,
+) -> T {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(to_tokio(deadline), run)
+            .await
+            .unwrap_or_else(|_| expired()),
+        None => run.await,
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::new(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded")
 }
 
 /// Starts `handler` for one call, containing a panic in its synchronous part. `Err((status,

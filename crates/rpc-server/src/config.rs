@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rpc_codec::Settings;
 
+use crate::dedupe::DedupeConfig;
+
 /// How a [`Server`](crate::Server) behaves. Built with [`ServerBuilder`](crate::ServerBuilder),
 /// whose setters document each default.
 #[derive(Clone, Debug)]
@@ -18,6 +20,10 @@ pub(crate) struct ServerConfig {
     pub(crate) drain_grace: Duration,
     pub(crate) max_unstarted_cancels: u32,
     pub(crate) unstarted_cancel_window: Duration,
+    pub(crate) dedupe: Option<DedupeConfig>,
+    /// Announced as DEDUPE_INSTANCE: non-zero exactly when the dedupe window is on, new for each
+    /// built server (set by `ServerBuilder::build`).
+    pub(crate) dedupe_instance: u32,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +40,8 @@ impl Default for ServerConfig {
             drain_grace: Duration::from_secs(30),
             max_unstarted_cancels: 200,
             unstarted_cancel_window: Duration::from_secs(10),
+            dedupe: None,
+            dedupe_instance: 0,
         }
     }
 }
@@ -47,6 +55,17 @@ impl ServerConfig {
             heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             max_metadata_size: self.max_metadata_size,
+            dedupe_instance: self.dedupe_instance,
         }
     }
+}
+
+/// A random non-zero id for one server instance's dedupe window.
+pub(crate) fn new_dedupe_instance() -> u32 {
+    use std::hash::BuildHasher;
+    let hash = std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), std::time::SystemTime::now()));
+    u32::try_from(hash & u64::from(u32::MAX))
+        .unwrap_or(1)
+        .max(1)
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rpc_codec::{
@@ -32,17 +32,29 @@ use rpc_transport::{WriteQueue, handshake, poll_fill, poll_timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::call::{CallDone, CallFuture, RunningCall, dispatch, start};
+use crate::call::{self, CallDone, CallFuture, RunningCall, dispatch, start};
 use crate::config::ServerConfig;
-use crate::handler::{HandlerResult, Router};
+use crate::dedupe::{self, Claim, DedupeTable, REQUEST_ID_KEY};
+use crate::handler::{Handler, HandlerResult, Router};
 
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
+    /// The dedupe window's table, when it is on: one per server, for all its connections.
+    pub(crate) dedupe: Option<Arc<DedupeTable>>,
+}
+
+/// What a connection needs to start detached executions (the dedupe window): the server's task
+/// tracker, so a graceful shutdown waits for them, and its hard-stop token, which drops them.
+#[derive(Debug)]
+pub(crate) struct Detach {
+    pub(crate) tracker: TaskTracker,
+    pub(crate) stop: CancellationToken,
 }
 
 /// Frames handled per poll before yielding, so one busy connection cannot starve the others on
@@ -60,6 +72,7 @@ pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
     drain: CancellationToken,
     stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
     let _ = io.set_nodelay(true);
     let config = &shared.config;
@@ -107,7 +120,8 @@ pub(crate) async fn serve_connection(
         pings_sent: 0,
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         drain: Box::pin(drain.cancelled_owned()),
-        stop: Box::pin(stop.cancelled_owned()),
+        stop: Box::pin(stop.clone().cancelled_owned()),
+        detach: Detach { tracker, stop },
         phase: Phase::Open,
         goaway_last: None,
         peer_going_away: false,
@@ -157,6 +171,7 @@ struct Connection {
     timer: Pin<Box<Sleep>>,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    detach: Detach,
     phase: Phase,
     /// The last call id of the GOAWAY we sent, if any.
     goaway_last: Option<u64>,
@@ -237,12 +252,13 @@ impl Connection {
                 rejected.call_id,
                 Err(Status::new(rejected.status_code(), rejected.to_string())),
                 true,
+                false,
             ),
         }
     }
 
     fn refuse(&mut self, call_id: u64, code: StatusCode, message: String) {
-        self.respond(call_id, Err(Status::new(code, message)), true);
+        self.respond(call_id, Err(Status::new(code, message)), true, false);
     }
 
     fn on_request(&mut self, request: Request) {
@@ -266,6 +282,14 @@ impl Connection {
             let message = format!("{limit} calls already running on this connection");
             return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
         }
+        // The dedupe window: with it off, this one `Option` check is all it costs.
+        let dedupe = match &self.shared.dedupe {
+            Some(table) if !request.idempotent => request
+                .metadata
+                .get(REQUEST_ID_KEY)
+                .map(|request_id| (Arc::clone(table), request_id.clone())),
+            _ => None,
+        };
         let now = Instant::now().into_std();
         let deadline = request.budget.deadline_from(now);
         let ctx = CallContext::new(request.method.as_str())
@@ -274,14 +298,63 @@ impl Connection {
             .with_metadata(request.metadata)
             .with_peer_addr(self.peer)
             .with_idempotency(Idempotency::from_flag(request.idempotent));
+        if let Some((table, request_id)) = dedupe {
+            return self.on_deduped(&table, &request_id, handler, ctx, request.payload);
+        }
         match start(handler, ctx, request.payload) {
             Ok(work) => {
                 let (future, running) = dispatch(id, deadline, work);
                 self.calls.push(future);
                 self.running.insert(id, running);
             }
-            Err((status, not_executed)) => self.respond(id, Err(status), not_executed),
+            Err((status, not_executed)) => self.respond(id, Err(status), not_executed, false),
         }
+    }
+
+    /// A non-idempotent request with a request id, the dedupe window on: the first with its key
+    /// starts a detached execution and waits for it; later ones wait for the same execution, or
+    /// get its recorded result at once.
+    fn on_deduped(
+        &mut self,
+        table: &Arc<DedupeTable>,
+        request_id: &Bytes,
+        handler: Arc<dyn Handler>,
+        ctx: CallContext,
+        payload: Bytes,
+    ) {
+        let (id, deadline) = (ctx.call_id(), ctx.deadline());
+        let method = match self.shared.router.get_named(ctx.method()) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(ctx.method()),
+        };
+        let claim = match table.claim(&method, request_id) {
+            Ok(claim) => claim,
+            Err(refusal) => return self.respond(id, Err(refusal.into()), true, false),
+        };
+        let (future, running) = match claim {
+            Claim::Replay(result) => return self.respond(id, result, false, true),
+            Claim::Join(waiter) => call::wait(id, deadline, waiter, true),
+            Claim::Run(runner) => match start(handler, ctx, payload) {
+                Ok(work) => {
+                    let waiter = runner.waiter();
+                    let stop = self.detach.stop.clone();
+                    call::detach(id, deadline, work, runner, stop, &self.detach.tracker);
+                    call::wait(id, deadline, waiter, false)
+                }
+                Err((status, true)) => {
+                    // Refused before anything ran: no entry, so a later attempt may run.
+                    runner.refuse(status.clone());
+                    return self.respond(id, Err(status), true, false);
+                }
+                Err((status, false)) => {
+                    // `start` panicked: application code may have run, so this is the result.
+                    runner.finish(Err(status.clone()));
+                    return self.respond(id, Err(status), false, false);
+                }
+            },
+        };
+        self.calls.push(future);
+        self.running.insert(id, running);
     }
 
     fn on_cancel(&mut self, call_id: u64) {
@@ -317,14 +390,18 @@ impl Connection {
 
     fn finish(&mut self, done: CallDone) {
         self.running.remove(&done.call_id);
-        self.respond(done.call_id, done.result, done.not_executed);
+        self.respond(done.call_id, done.result, done.not_executed, done.replayed);
     }
 
-    fn respond(&mut self, call_id: u64, result: HandlerResult, not_executed: bool) {
-        let response = match result {
+    /// Queues a call's one RESPONSE; `replayed` adds `rpc-replayed: 1` (the dedupe window).
+    fn respond(&mut self, call_id: u64, result: HandlerResult, not_executed: bool, replayed: bool) {
+        let mut response = match result {
             Ok(payload) => Response::ok(call_id, payload),
             Err(status) => Response::error(call_id, status, not_executed),
         };
+        if replayed {
+            dedupe::mark_replayed(&mut response.status);
+        }
         if let Err(err) = self.queue.push(&Frame::Response(response)) {
             // The result breaks the client's limits: say so instead of dropping the call.
             let status = Status::new(

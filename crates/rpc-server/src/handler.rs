@@ -28,7 +28,9 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'st
 /// its result.
 ///
 /// Handlers run on their connection's task: a handler that blocks the thread stalls its
-/// connection (heartbeats included). Use `tokio::task::spawn_blocking` for blocking work.
+/// connection (heartbeats included). Use `tokio::task::spawn_blocking` for blocking work. (A call
+/// deduplicated by the dedupe window, [`ServerBuilder::dedupe`](crate::ServerBuilder::dedupe),
+/// runs on a task of its own instead, detached from its connection.)
 pub trait Handler: Send + Sync + 'static {
     /// Starts serving one call, or refuses it with a status before anything of the application
     /// runs.
@@ -52,7 +54,9 @@ where
 /// Method name → handler.
 #[derive(Clone, Default)]
 pub(crate) struct Router {
-    handlers: HashMap<Box<str>, Arc<dyn Handler>>,
+    /// Names are shared (`Arc<str>`) so the dedupe window can key its entries by method without
+    /// copying the name.
+    handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
 }
 
 impl Router {
@@ -62,6 +66,11 @@ impl Router {
 
     pub(crate) fn get(&self, method: &str) -> Option<&Arc<dyn Handler>> {
         self.handlers.get(method)
+    }
+
+    /// The handler of `method` with the router's shared copy of its name.
+    pub(crate) fn get_named(&self, method: &str) -> Option<(&Arc<str>, &Arc<dyn Handler>)> {
+        self.handlers.get_key_value(method)
     }
 
     pub(crate) fn methods(&self) -> impl Iterator<Item = &str> {

@@ -34,6 +34,9 @@
 //! - a handler runs under its deadline and is dropped when it passes (DEADLINE_EXCEEDED) or when
 //!   the client cancels (CANCELLED);
 //! - a handler that panics fails only its own call (INTERNAL);
+//! - with the dedupe window on ([`ServerBuilder::dedupe`]), a non-idempotent call carrying a
+//!   request id ([`REQUEST_ID_KEY`]) runs at most once per (method, id) while the window keeps it:
+//!   a retry waits for the first execution or gets its recorded result, marked [`REPLAYED_KEY`];
 //! - PINGs are answered ahead of queued responses; a silent client is dropped after the dead bound;
 //! - bad input closes only the connection it came on, after a GOAWAY naming the rule broken.
 #![forbid(unsafe_code)]
@@ -43,8 +46,10 @@ mod call;
 mod config;
 mod connection;
 pub mod context;
+mod dedupe;
 mod handler;
 mod server;
 
+pub use dedupe::{DedupeConfig, MAX_REQUEST_ID_LEN, REPLAYED_KEY, REQUEST_ID_KEY};
 pub use handler::{Handler, HandlerFuture, HandlerResult};
 pub use server::{Server, ServerBuilder, ServerHandle, Service};

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
 use crate::connection::{Shared, serve_connection};
+use crate::dedupe::{DedupeConfig, DedupeTable};
 use crate::handler::{Handler, Router};
 
 /// Configures a [`Server`]: limits, timeouts and the handlers of its methods.
@@ -104,6 +105,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Turns on the server-side dedupe window with `config` (off by default): a REQUEST without
+    /// the IDEMPOTENT flag, for a registered method, whose metadata carries
+    /// [`REQUEST_ID_KEY`](crate::REQUEST_ID_KEY) runs its handler at most once per (method,
+    /// request id) while the window keeps the entry, and every request with that key gets the one
+    /// execution's result. See [`DedupeConfig`] for the bounds and defaults.
+    ///
+    /// - The execution is detached from the connection: it runs to completion or to the first
+    ///   request's deadline, whatever happens to the connection; a CANCEL, a deadline or a lost
+    ///   connection only stops a request's *waiting* (CANCELLED or DEADLINE_EXCEEDED, without
+    ///   NOT_EXECUTED). A panic is recorded as INTERNAL.
+    /// - A later request with the same key waits for the running execution, or gets the recorded
+    ///   result at once; its RESPONSE carries [`REPLAYED_KEY`](crate::REPLAYED_KEY) `1`.
+    /// - A request id that is empty or over 64 bytes is refused with INVALID_ARGUMENT and
+    ///   NOT_EXECUTED; so is, with RESOURCE_EXHAUSTED, a new id when the table is full of running
+    ///   executions. A refusal by [`Handler::start`] is answered as always and keeps no entry.
+    /// - A graceful shutdown waits for detached executions within the drain grace; a hard stop
+    ///   drops them.
+    pub fn dedupe(mut self, config: DedupeConfig) -> Self {
+        self.config.dedupe = Some(config);
+        self
+    }
+
     /// Serves `method` with `handler`. Method names are `Service.method` (docs/PROTOCOL.md §5.3);
     /// registering a name again replaces its handler.
     pub fn register(mut self, method: &str, handler: impl Handler) -> Self {
@@ -117,9 +140,19 @@ impl ServerBuilder {
     }
 
     /// The server.
-    pub fn build(self) -> Server {
+    pub fn build(mut self) -> Server {
+        self.config.dedupe_instance = if self.config.dedupe.is_some() {
+            crate::config::new_dedupe_instance()
+        } else {
+            0
+        };
         Server {
             shared: Arc::new(Shared {
+                dedupe: self
+                    .config
+                    .dedupe
+                    .clone()
+                    .map(|config| Arc::new(DedupeTable::new(config))),
                 config: self.config,
                 router: self.router,
             }),
@@ -202,8 +235,9 @@ impl ServerHandle {
     }
 
     /// Graceful shutdown: stop accepting, send GOAWAY with the last call dispatched on every
-    /// connection, let running calls finish within the drain grace period, drop the rest. Resolves
-    /// when every connection is closed.
+    /// connection, let running calls (and the dedupe window's detached executions) finish within
+    /// the drain grace period, drop the rest. Resolves when every connection is closed and every
+    /// detached execution has ended.
     pub async fn shutdown(self) {
         self.drain.cancel();
         let _ = self.task.await;
@@ -215,7 +249,8 @@ impl ServerHandle {
         let _ = self.task.await;
     }
 
-    /// Stops at once: closes every connection and drops every running call.
+    /// Stops at once: closes every connection and drops every running call, the dedupe window's
+    /// detached executions included.
     pub async fn abort(self) {
         self.drain.cancel();
         self.stop.cancel();
@@ -240,8 +275,9 @@ async fn accept_loop(
             Ok((io, peer)) => match Arc::clone(&slots).try_acquire_owned() {
                 Ok(slot) => {
                     let (shared, drain, stop) = (Arc::clone(&shared), drain.clone(), stop.clone());
+                    let detached = tracker.clone();
                     tracker.spawn(async move {
-                        serve_connection(io, peer, shared, drain, stop).await;
+                        serve_connection(io, peer, shared, drain, stop, detached).await;
                         drop(slot);
                     });
                 }

@@ -63,7 +63,7 @@ impl WireFrame for Hello {
     }
 
     fn envelope_len(&self) -> usize {
-        4 + Settings::WIRE_LEN
+        4 + self.settings.wire_len()
     }
 
     fn write_envelope(&self, dst: &mut BytesMut) {

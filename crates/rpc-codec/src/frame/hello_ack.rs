@@ -48,7 +48,7 @@ impl WireFrame for HelloAck {
     }
 
     fn envelope_len(&self) -> usize {
-        2 + Settings::WIRE_LEN
+        2 + self.settings.wire_len()
     }
 
     fn write_envelope(&self, dst: &mut BytesMut) {

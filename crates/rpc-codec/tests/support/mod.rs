@@ -175,12 +175,20 @@ fn payload() -> impl Strategy<Value = Bytes> {
 }
 
 fn settings() -> impl Strategy<Value = Settings> {
-    (4096u32.., any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(f, c, h, m)| Settings {
-        max_frame_size: f,
-        max_concurrent_calls: c,
-        heartbeat_interval_ms: h,
-        max_metadata_size: m,
-    })
+    (
+        4096u32..,
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        prop_oneof![Just(0u32), any::<u32>()],
+    )
+        .prop_map(|(f, c, h, m, d)| Settings {
+            max_frame_size: f,
+            max_concurrent_calls: c,
+            heartbeat_interval_ms: h,
+            max_metadata_size: m,
+            dedupe_instance: d,
+        })
 }
 
 fn budget() -> impl Strategy<Value = Budget> {
