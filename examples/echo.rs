@@ -4,7 +4,10 @@
 //!   the typed client, prints each result, drains the server and exits.
 //! - `cargo run --example echo -- --serve 127.0.0.1:7000`: only the server, until Ctrl-C.
 //! - `cargo run --example echo -- --connect 127.0.0.1:7000 --count 10000`: only the client,
-//!   64 calls in flight; exits non-zero if any call failed.
+//!   64 calls in flight; exits non-zero if any call failed. `--fail-fast` fails calls at once
+//!   while the server cannot be reached instead of waiting for it.
+//! - `--serve ADDR --journal FILE` also appends a line to FILE for every `echo` and `sleep` call
+//!   the server runs (the fault tests count handler runs with it).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,10 +39,29 @@ pub trait Echo {
     async fn sleep(&self, millis: u64) -> u64;
 }
 
-struct EchoService;
+#[derive(Default)]
+struct EchoService {
+    /// Where every `echo` and `sleep` call that runs is recorded, one line each (`--journal`).
+    journal: Option<std::sync::Mutex<std::fs::File>>,
+}
+
+impl EchoService {
+    fn record(&self, line: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if let Some(journal) = &self.journal {
+            let line = format!("{line}\n");
+            // One write(2) per line, appended: a line survives even a SIGKILL right after.
+            let mut file = journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
 
 impl Echo for EchoService {
     async fn echo(&self, text: String) -> String {
+        self.record(format_args!("echo {text}"));
         text
     }
 
@@ -56,6 +78,7 @@ impl Echo for EchoService {
     }
 
     async fn sleep(&self, millis: u64) -> u64 {
+        self.record(format_args!("sleep {millis}"));
         tokio::time::sleep(Duration::from_millis(millis)).await;
         millis
     }
@@ -73,11 +96,31 @@ struct Args {
     /// How many calls the client makes.
     #[arg(long, default_value_t = 1000, requires = "connect")]
     count: usize,
+    /// With --serve: append a line to FILE for every `echo` and `sleep` call the server runs
+    /// (how the fault tests count handler runs across a killed server).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    journal: Option<std::path::PathBuf>,
+    /// Fail calls at once while the server cannot be reached, instead of waiting for it (up to
+    /// each call's deadline) while the client reconnects.
+    #[arg(long, requires = "connect")]
+    fail_fast: bool,
 }
 
-async fn serve(addr: SocketAddr) -> std::io::Result<keel::ServerHandle> {
+async fn serve(
+    addr: SocketAddr,
+    journal: Option<&std::path::Path>,
+) -> std::io::Result<keel::ServerHandle> {
+    let journal = match journal {
+        Some(path) => Some(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => None,
+    };
     Server::builder()
-        .add_service(EchoServer::new(EchoService))
+        .add_service(EchoServer::new(EchoService { journal }))
         .build()
         .bind(addr)
         .await
@@ -87,7 +130,7 @@ async fn serve(addr: SocketAddr) -> std::io::Result<keel::ServerHandle> {
 async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(addr) = args.serve {
-        let server = serve(addr).await?;
+        let server = serve(addr, args.journal.as_deref()).await?;
         println!("listening on {}", server.local_addr());
         tokio::signal::ctrl_c().await?;
         println!("draining");
@@ -95,7 +138,7 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Some(addr) = args.connect {
-        return Ok(load(addr, args.count).await);
+        return Ok(load(addr, args.count, args.fail_fast).await);
     }
     demo().await?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -103,7 +146,7 @@ async fn main() -> Result<std::process::ExitCode, Box<dyn std::error::Error>> {
 
 /// Server and client in one process: one line per call.
 async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    let server = serve("127.0.0.1:0".parse()?).await?;
+    let server = serve("127.0.0.1:0".parse()?, None).await?;
     println!("server listening on {}", server.local_addr());
     let client = EchoClient::new(Channel::builder(server.local_addr()).build());
 
@@ -140,8 +183,9 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `count` idempotent echo calls, 64 in flight, each reply checked against what was sent.
-async fn load(addr: SocketAddr, count: usize) -> std::process::ExitCode {
-    let client = EchoClient::new(Channel::builder(addr).build());
+async fn load(addr: SocketAddr, count: usize, fail_fast: bool) -> std::process::ExitCode {
+    let channel = Channel::builder(addr).wait_for_ready(!fail_fast).build();
+    let client = EchoClient::new(channel);
     let results: Vec<bool> = futures::stream::iter(0..count)
         .map(|i| {
             let client = client.clone();

@@ -12,6 +12,69 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{CallOptions, Channel};
+use rpc_client::HedgePolicy;
+
+/// A method's settings from its attributes, applied where the caller's options set nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct MethodDefaults {
+    /// `#[idempotent]`.
+    pub idempotent: bool,
+    /// `#[deadline(...)]`.
+    pub deadline: Option<Duration>,
+    /// `#[dedupe]`.
+    pub dedupe: bool,
+    /// `#[retry(...)]` or `#[no_retry]`.
+    pub retry: RetryDefault,
+    /// `#[hedge(...)]`.
+    pub hedge: Option<HedgeDefault>,
+}
+
+/// A method's retry attribute.
+#[derive(Clone, Copy, Debug)]
+pub enum RetryDefault {
+    /// None: the channel's policy.
+    Channel,
+    /// `#[no_retry]`.
+    Off,
+    /// `#[retry(max_attempts = N)]`.
+    MaxAttempts(u32),
+}
+
+/// A method's hedge attribute.
+#[derive(Clone, Copy, Debug)]
+pub enum HedgeDefault {
+    /// `#[hedge(after = 20ms)]`.
+    AfterMillis(u64),
+    /// `#[hedge(percentile = 95)]`.
+    Percentile(u32),
+}
+
+impl MethodDefaults {
+    fn options(self) -> CallOptions {
+        let mut options = CallOptions::new()
+            .idempotent(self.idempotent)
+            .dedupe(self.dedupe);
+        if let Some(deadline) = self.deadline {
+            options = options.timeout(deadline);
+        }
+        options = match self.retry {
+            RetryDefault::Channel => options,
+            RetryDefault::Off => options.no_retry(),
+            RetryDefault::MaxAttempts(n) => {
+                options.retry_policy(rpc_client::RetryPolicy::new().max_attempts(n))
+            }
+        };
+        match self.hedge {
+            None => options,
+            Some(HedgeDefault::AfterMillis(ms)) => {
+                options.hedge(HedgePolicy::after(Duration::from_millis(ms)))
+            }
+            Some(HedgeDefault::Percentile(p)) => {
+                options.hedge(HedgePolicy::at_percentile(f64::from(p)))
+            }
+        }
+    }
+}
 
 /// One typed call: encode the arguments, apply the method's defaults, call, decode the result.
 ///
@@ -21,9 +84,8 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
     channel: &Channel,
     method: &'static str,
     args: &A,
-    mut options: CallOptions,
-    idempotent: bool,
-    deadline: Option<Duration>,
+    options: CallOptions,
+    defaults: MethodDefaults,
 ) -> Result<R, Error> {
     let codec = Bincode::<{ rpc_core::DEFAULT_DECODE_LIMIT }>;
     let payload = codec.encode(args).map_err(|e| {
@@ -34,12 +96,7 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
         )
         .with_source(e)
     })?;
-    if let (Some(deadline), false) = (deadline, options.has_deadline()) {
-        options = options.timeout(deadline);
-    }
-    if idempotent {
-        options = options.idempotent(true);
-    }
+    let options = options.or_defaults(defaults.options());
     let reply = channel.call(method, payload, options).await?;
     codec.decode(&reply.payload).map_err(|e| {
         let message = format!("{method}: the reply does not decode: {e}");

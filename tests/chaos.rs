@@ -75,8 +75,15 @@ async fn counting_server(heartbeat: Duration) -> (ServerHandle, Runs) {
     (server, runs)
 }
 
+/// A channel without the retry layer, failing fast while connecting fails: these scenarios observe
+/// what one attempt sees (its status, outcome and detection time). tests/retries.rs covers what the
+/// retry layer and the reconnect backoff make of them.
 fn channel(addr: SocketAddr, heartbeat: Duration) -> Channel {
-    Channel::builder(addr).heartbeat_interval(heartbeat).build()
+    Channel::builder(addr)
+        .heartbeat_interval(heartbeat)
+        .disable_retries()
+        .wait_for_ready(false)
+        .build()
 }
 
 /// Bytes a client sends before its first REQUEST: preface and HELLO.
@@ -714,7 +721,10 @@ async fn soak_mixed_faults_at_steady_load() {
         .await
         .unwrap();
     let proxy = Arc::new(Proxy::start(server.local_addr(), seed).await.unwrap());
-    let channel = channel(proxy.local_addr(), HEARTBEAT);
+    // With the retry layer on: the soak checks its safety rule under every fault.
+    let channel = Channel::builder(proxy.local_addr())
+        .heartbeat_interval(HEARTBEAT)
+        .build();
     let end = Instant::now() + Duration::from_secs(secs);
 
     // Faults change every 3 s, chosen by the seed.

@@ -88,7 +88,13 @@ fn a_client_whose_calls_fail_says_so_and_exits_non_zero() {
     let addr = unused.local_addr().unwrap();
     drop(unused);
     let client = Command::new(example())
-        .args(["--connect", &addr.to_string(), "--count", "5"])
+        .args([
+            "--connect",
+            &addr.to_string(),
+            "--count",
+            "5",
+            "--fail-fast",
+        ])
         .output()
         .unwrap();
     assert!(!client.status.success());

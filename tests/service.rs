@@ -183,3 +183,74 @@ async fn arguments_that_do_not_decode_are_refused_before_the_method_runs() {
     );
     server.shutdown().await;
 }
+
+/// Fault-handling attributes, seen from the server.
+#[keel::service]
+pub trait Flaky {
+    /// Two attempts at most.
+    #[idempotent]
+    #[retry(max_attempts = 2)]
+    async fn two(&self) -> u32;
+    /// One attempt.
+    #[idempotent]
+    #[no_retry]
+    async fn one(&self) -> u32;
+    /// The channel's policy: three attempts.
+    #[idempotent]
+    async fn three(&self) -> u32;
+    /// Not idempotent: one attempt after an EXECUTED failure.
+    async fn once(&self) -> u32;
+    /// Sends a request id.
+    #[dedupe]
+    async fn deduped(&self) -> bool;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_dedupe_attributes_reach_the_wire() {
+    use keel::PayloadCodec;
+    let attempts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut builder = Server::builder();
+    for method in ["Flaky.two", "Flaky.one", "Flaky.three", "Flaky.once"] {
+        let attempts = std::sync::Arc::clone(&attempts);
+        builder = builder.register(method, move |ctx: keel::CallContext, _: Bytes| {
+            *attempts
+                .lock()
+                .unwrap()
+                .entry(ctx.method().to_owned())
+                .or_insert(0) += 1;
+            async move { Err(keel::Status::new(StatusCode::UNAVAILABLE, "always failing")) }
+        });
+    }
+    let server = support::start(builder.register(
+        "Flaky.deduped",
+        |ctx: keel::CallContext, _: Bytes| async move {
+            let has_id = ctx.metadata().get("rpc-request-id").is_some();
+            Ok(keel::Bincode::<{ keel::core::DEFAULT_DECODE_LIMIT }>
+                .encode(&has_id)
+                .unwrap())
+        },
+    ))
+    .await;
+    let client = FlakyClient::new(Channel::builder(server.local_addr()).build());
+    for err in [
+        client.two().await.unwrap_err(),
+        client.one().await.unwrap_err(),
+        client.three().await.unwrap_err(),
+        client.once().await.unwrap_err(),
+    ] {
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (StatusCode::UNAVAILABLE, Outcome::Executed)
+        );
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(attempts["Flaky.two"], 2);
+    assert_eq!(attempts["Flaky.one"], 1);
+    assert_eq!(attempts["Flaky.three"], 3);
+    assert_eq!(attempts["Flaky.once"], 1);
+    assert!(
+        client.deduped().await.unwrap(),
+        "#[dedupe] sends rpc-request-id"
+    );
+    server.shutdown().await;
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc_core::{Deadline, Idempotency, Metadata};
 
+use crate::policy::{HedgePolicy, RetryPolicy};
+
 /// Per-call options: deadline, metadata, idempotency.
 ///
 /// ```
@@ -23,6 +25,11 @@ pub struct CallOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) metadata: Metadata,
     pub(crate) idempotency: Option<Idempotency>,
+    /// `Some(None)`: no retries for this call.
+    pub(crate) retry: Option<Option<Arc<RetryPolicy>>>,
+    pub(crate) hedge: Option<HedgePolicy>,
+    pub(crate) wait_for_ready: Option<bool>,
+    pub(crate) dedupe: bool,
 }
 
 impl CallOptions {
@@ -52,6 +59,58 @@ impl CallOptions {
     /// Marks the method idempotent (the wire's IDEMPOTENT flag).
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.idempotency = Some(Idempotency::from_flag(idempotent));
+        self
+    }
+
+    /// This call's retry policy instead of the channel's.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(Some(Arc::new(policy)));
+        self
+    }
+
+    /// No retries for this call: one attempt, whatever its outcome.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = Some(None);
+        self
+    }
+
+    /// Hedge this call (it must also be idempotent) instead of following the channel's hedge
+    /// policy.
+    pub fn hedge(mut self, policy: HedgePolicy) -> Self {
+        self.hedge = Some(policy);
+        self
+    }
+
+    /// Wait for a connection within the deadline (true) or fail fast while connecting fails
+    /// (false), instead of the channel's setting.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait_for_ready = Some(wait);
+        self
+    }
+
+    /// Sends a request id (`rpc-request-id`, 16 random bytes, the same on every attempt) so that
+    /// a server with a dedupe window answers a retry with the first execution's result instead of
+    /// running the handler again. The call is then retried after MAYBE_EXECUTED and EXECUTED
+    /// failures like an idempotent one: enable it only for methods whose server has the window on
+    /// (`ServerBuilder::dedupe`).
+    pub fn dedupe(mut self, dedupe: bool) -> Self {
+        self.dedupe = dedupe;
+        self
+    }
+
+    /// These options, with every option they leave unset taken from `defaults` (a method's
+    /// declared settings, say): deadline and timeout together, idempotency, retry policy, hedge
+    /// policy and wait-for-ready. Dedupe is on if either asks; metadata is this one's.
+    pub fn or_defaults(mut self, defaults: Self) -> Self {
+        if !self.has_deadline() {
+            self.deadline = defaults.deadline;
+            self.timeout = defaults.timeout;
+        }
+        self.idempotency = self.idempotency.or(defaults.idempotency);
+        self.retry = self.retry.or(defaults.retry);
+        self.hedge = self.hedge.or(defaults.hedge);
+        self.wait_for_ready = self.wait_for_ready.or(defaults.wait_for_ready);
+        self.dedupe |= defaults.dedupe;
         self
     }
 

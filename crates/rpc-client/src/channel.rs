@@ -1,22 +1,34 @@
-//! The channel: calls to one address over a lazily connected, shared connection.
+//! The channel: calls to one address, through the retry and hedging layers, over a pool of
+//! lazily connected, shared connections.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc_codec::{Budget, MethodName, Request};
-use rpc_core::{Deadline, Error, Idempotency, Outcome, StatusCode};
-use tokio::sync::oneshot;
+use rand::RngCore;
+use rpc_codec::MethodName;
+use rpc_core::{Error, Idempotency, Outcome, StatusCode};
+use tower::retry::budget::{Budget as _, TpsBudget};
 
-use crate::call::{CallOptions, CallSlot, Reply};
+use crate::call::{CallOptions, Reply};
 use crate::config::{ChannelBuilder, ClientConfig};
-use crate::connection::{CallCommand, Command, ConnectionHandle, check_limits, connect};
+use crate::hedge::Hedge;
+use crate::latency::LatencyTracker;
+use crate::pool::Pool;
+use crate::retry::Retry;
+use crate::send::Dispatch;
+use crate::stack::{Attempt, CallService, CallState};
 
 /// Calls to one server address.
 ///
 /// Cheap to clone and share across tasks: clones share one connection, which carries many calls at
-/// once. The channel connects on its first call and replaces a connection that died or received
-/// GOAWAY on the next call.
+/// once, and one retry budget. The channel connects on its first call; when its connection dies or
+/// receives GOAWAY, it reconnects in the background with backoff while calls wait (see
+/// [`ChannelBuilder::wait_for_ready`]).
+///
+/// Failed attempts are retried by the rules of [`RetryPolicy`](crate::RetryPolicy), within the
+/// call's one deadline and the channel's [`RetryBudget`](crate::RetryBudget); idempotent calls
+/// can be hedged ([`HedgePolicy`](crate::HedgePolicy)).
 ///
 /// ```no_run
 /// use bytes::Bytes;
@@ -42,10 +54,9 @@ pub struct Channel {
 #[derive(Debug)]
 struct Inner {
     addr: SocketAddr,
-    config: ClientConfig,
-    connection: Mutex<Option<Arc<ConnectionHandle>>>,
-    /// Serializes connecting, so concurrent first calls share one connection.
-    connecting: tokio::sync::Mutex<()>,
+    config: Arc<ClientConfig>,
+    budget: Option<Arc<TpsBudget>>,
+    stack: Retry<Hedge<Dispatch>>,
 }
 
 impl Channel {
@@ -55,12 +66,30 @@ impl Channel {
     }
 
     pub(crate) fn from_parts(addr: SocketAddr, config: ClientConfig) -> Self {
+        let config = Arc::new(config);
+        let budget = config.budget.map(|b| Arc::new(b.build()));
+        let latency = Arc::new(LatencyTracker::default());
+        let dispatch = Dispatch {
+            pool: Pool::new(addr, Arc::clone(&config)),
+            latency: Arc::clone(&latency),
+        };
+        let hedge = Hedge {
+            inner: dispatch,
+            budget: budget.clone(),
+            latency: Arc::clone(&latency),
+        };
+        let stack = Retry {
+            inner: hedge,
+            budget: budget.clone(),
+            latency,
+            reconnect: config.reconnect_backoff,
+        };
         Self {
             inner: Arc::new(Inner {
                 addr,
                 config,
-                connection: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                budget,
+                stack,
             }),
         }
     }
@@ -74,63 +103,20 @@ impl Channel {
     /// Calls waiting for a response on the current connection (diagnostics).
     #[must_use]
     pub fn in_flight(&self) -> usize {
-        self.current().map_or(0, |c| {
+        self.inner.stack.inner.inner.pool.current().map_or(0, |c| {
             c.in_flight.load(std::sync::atomic::Ordering::Acquire)
         })
-    }
-
-    fn current(&self) -> Option<Arc<ConnectionHandle>> {
-        self.inner
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A usable connection, connecting if there is none, within `deadline`.
-    async fn connection(&self, deadline: Deadline) -> Result<Arc<ConnectionHandle>, Error> {
-        if let Some(conn) = self.current().filter(|c| c.is_usable()) {
-            return Ok(conn);
-        }
-        let left = deadline.remaining(std::time::Instant::now());
-        let guard = tokio::time::timeout(left, self.inner.connecting.lock())
-            .await
-            .map_err(|_| deadline_exceeded(Outcome::NotSent))?;
-        if let Some(conn) = self.current().filter(|c| c.is_usable()) {
-            return Ok(conn);
-        }
-        let left = deadline.remaining(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(deadline_exceeded(Outcome::NotSent));
-        }
-        let timeout = left.min(self.inner.config.connect_timeout);
-        let conn = connect(self.inner.addr, &self.inner.config, timeout)
-            .await
-            .map_err(|err| {
-                let code = if timeout < self.inner.config.connect_timeout && err_is_timeout(&err) {
-                    StatusCode::DEADLINE_EXCEEDED
-                } else {
-                    StatusCode::UNAVAILABLE
-                };
-                Error::from_code(code, err.to_string(), Outcome::NotSent).with_source(err)
-            })?;
-        let conn = Arc::new(conn);
-        *self
-            .inner
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&conn));
-        drop(guard);
-        Ok(conn)
     }
 
     /// Calls `method` with `payload`.
     ///
     /// # Errors
-    /// [`Error`] with the status and the retry-safety outcome: NOT_SENT when the request never
-    /// left (no connection, oversize, expired), NOT_EXECUTED when the server guarantees it did not
-    /// run it, EXECUTED with the server's status, MAYBE_EXECUTED when nobody can tell (connection
-    /// lost, deadline passed after sending).
+    /// [`Error`] with the status and the retry-safety outcome of the last attempt: NOT_SENT when
+    /// the request never left (no connection within the deadline, oversize, expired),
+    /// NOT_EXECUTED when the server guarantees it did not run it, EXECUTED with the server's
+    /// status, MAYBE_EXECUTED when nobody can tell (connection lost, deadline passed after
+    /// sending). When retrying stopped early, a [`RetryStopped`](crate::RetryStopped) cause says
+    /// why.
     pub async fn call(
         &self,
         method: &str,
@@ -144,125 +130,27 @@ impl Channel {
                 Outcome::NotSent,
             )
         })?;
-        let deadline = options.resolve_deadline(self.inner.config.default_deadline);
-        let idempotent = options.idempotency == Some(Idempotency::Idempotent);
-        // A call refused by a connection that was going away was never sent: one transparent
-        // retry on a fresh connection.
-        let mut retried = false;
-        loop {
-            let conn = self.connection(deadline).await?;
-            let now = std::time::Instant::now();
-            if deadline.is_expired(now) {
-                return Err(deadline_exceeded(Outcome::NotSent));
-            }
-            let mut request = Request::new(0, method.clone(), payload.clone());
-            request.idempotent = idempotent;
-            request.budget = Budget::until(Some(deadline), now);
-            request.metadata = options.metadata.clone();
-            check_limits(&conn.peer, &request)?;
-            match send_and_wait(&conn, request, deadline).await {
-                Err(err) if !retried && is_connection_refusal(&err) => {
-                    retried = true;
-                }
-                result => return result,
-            }
+        let config = &self.inner.config;
+        let request_id = options.dedupe.then(|| {
+            let mut id = [0u8; 16];
+            rand::rng().fill_bytes(&mut id);
+            Bytes::copy_from_slice(&id)
+        });
+        let attempt = Attempt {
+            method,
+            payload,
+            deadline: options.resolve_deadline(config.default_deadline),
+            idempotent: options.idempotency == Some(Idempotency::Idempotent),
+            wait_for_ready: options.wait_for_ready.unwrap_or(config.wait_for_ready),
+            avoid: None,
+            retry: options.retry.unwrap_or_else(|| config.retry.clone()),
+            hedge: options.hedge.or(config.hedge),
+            metadata: options.metadata,
+            call: Arc::new(CallState::new(request_id)),
+        };
+        if let Some(budget) = &self.inner.budget {
+            budget.deposit();
         }
-    }
-}
-
-fn err_is_timeout(err: &crate::connection::ConnectionError) -> bool {
-    use crate::connection::ConnectionError;
-    match err {
-        ConnectionError::Connect { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
-        ConnectionError::Handshake { source, .. } => {
-            matches!(**source, rpc_transport::HandshakeError::Timeout(_))
-        }
-        _ => false,
-    }
-}
-
-fn deadline_exceeded(outcome: Outcome) -> Error {
-    Error::from_code(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded", outcome)
-}
-
-/// A NOT_SENT UNAVAILABLE from a connection that stopped taking calls.
-fn is_connection_refusal(err: &Error) -> bool {
-    err.outcome() == Outcome::NotSent && err.code() == StatusCode::UNAVAILABLE
-}
-
-/// Hands `request` to the connection and waits for its result until `deadline`. Dropping the
-/// returned future withdraws the call.
-async fn send_and_wait(
-    conn: &ConnectionHandle,
-    request: Request,
-    deadline: Deadline,
-) -> Result<Reply, Error> {
-    let slot = CallSlot::new();
-    let (reply, response) = oneshot::channel();
-    let command = Command::Call(CallCommand {
-        request,
-        slot: Arc::clone(&slot),
-        reply,
-    });
-    if conn.commands.send(command).is_err() {
-        return Err(Error::from_code(
-            StatusCode::UNAVAILABLE,
-            "the connection closed before the call was sent",
-            Outcome::NotSent,
-        ));
-    }
-    let mut guard = WithdrawOnDrop {
-        slot: &slot,
-        commands: &conn.commands,
-        armed: true,
-    };
-    let at = tokio::time::Instant::from_std(deadline.instant());
-    let result = match tokio::time::timeout_at(at, response).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_closed)) => Err(Error::from_code(
-            StatusCode::UNAVAILABLE,
-            "the connection ended without answering",
-            if slot.abandon() {
-                Outcome::NotSent
-            } else {
-                Outcome::MaybeExecuted
-            },
-        )),
-        Err(_elapsed) => {
-            guard.armed = false;
-            return Err(deadline_exceeded(guard.withdraw()));
-        }
-    };
-    guard.armed = false;
-    result
-}
-
-/// Withdraws a call whose caller stopped waiting: never sent if it was still queued, otherwise
-/// CANCEL on the wire.
-struct WithdrawOnDrop<'a> {
-    slot: &'a CallSlot,
-    commands: &'a tokio::sync::mpsc::UnboundedSender<Command>,
-    armed: bool,
-}
-
-impl WithdrawOnDrop<'_> {
-    /// The outcome of the withdrawn call.
-    fn withdraw(&self) -> Outcome {
-        if self.slot.abandon() {
-            Outcome::NotSent
-        } else {
-            let _ = self.commands.send(Command::Cancel {
-                call_id: self.slot.call_id(),
-            });
-            Outcome::MaybeExecuted
-        }
-    }
-}
-
-impl Drop for WithdrawOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.withdraw();
-        }
+        self.inner.stack.call(attempt).await
     }
 }

@@ -3,9 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use rpc_codec::Settings;
 
 use crate::Channel;
+use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
 pub(crate) struct ClientConfig {
@@ -15,6 +18,12 @@ pub(crate) struct ClientConfig {
     pub(crate) dead_after_intervals: u32,
     pub(crate) max_frame_size: u32,
     pub(crate) max_metadata_size: u32,
+    pub(crate) reconnect_backoff: Backoff,
+    pub(crate) max_connections: usize,
+    pub(crate) wait_for_ready: bool,
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    pub(crate) hedge: Option<HedgePolicy>,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 impl Default for ClientConfig {
@@ -26,6 +35,12 @@ impl Default for ClientConfig {
             dead_after_intervals: 2,
             max_frame_size: rpc_codec::DEFAULT_MAX_FRAME_SIZE,
             max_metadata_size: rpc_core::metadata::DEFAULT_MAX_METADATA_SIZE,
+            reconnect_backoff: Backoff::reconnect_default(),
+            max_connections: 2,
+            wait_for_ready: true,
+            retry: Some(Arc::new(RetryPolicy::default())),
+            hedge: None,
+            budget: Some(RetryBudget::default()),
         }
     }
 }
@@ -109,6 +124,64 @@ impl ChannelBuilder {
     /// The largest response metadata block accepted, in bytes. Default 16 KiB.
     pub fn max_metadata_size(mut self, bytes: u32) -> Self {
         self.config.max_metadata_size = bytes;
+        self
+    }
+
+    /// The wait between connection attempts after a failed one. Default
+    /// [`Backoff::reconnect_default`]: 100 ms, ×1.6, at most 10 s, jitter ±20 %. The backoff
+    /// starts again after a successful handshake. Each attempt (TCP connect and handshake) is
+    /// bounded by [`connect_timeout`](Self::connect_timeout).
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.config.reconnect_backoff = backoff;
+        self
+    }
+
+    /// Connections the channel may hold to its address, at least 1. Default 2: plain calls share
+    /// the first; a hedge, or the free retry of a NOT_EXECUTED call, goes to another, opened when
+    /// first needed.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// Whether calls made while there is no connection wait for one within their deadline
+    /// (true, the default) or fail at once with UNAVAILABLE, NOT_SENT while connecting fails
+    /// (false: fail-fast). Calls can override it with
+    /// [`CallOptions::wait_for_ready`](crate::CallOptions::wait_for_ready).
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.config.wait_for_ready = wait;
+        self
+    }
+
+    /// The retry policy of calls that set none. Default [`RetryPolicy::default`]: 3 attempts,
+    /// UNAVAILABLE, 50 ms ×2 up to 2 s with full jitter.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = Some(Arc::new(policy));
+        self
+    }
+
+    /// No retry layer at all: each call is exactly one attempt, whatever its outcome.
+    pub fn disable_retries(mut self) -> Self {
+        self.config.retry = None;
+        self
+    }
+
+    /// Hedge idempotent calls that set no policy of their own. Default: no hedging.
+    pub fn hedge_policy(mut self, policy: HedgePolicy) -> Self {
+        self.config.hedge = Some(policy);
+        self
+    }
+
+    /// The retry budget shared by all calls of this channel and its clones. Default
+    /// [`RetryBudget::default`]: 20 % of calls plus 10 per second over 10 s.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: retries are bounded only by attempts and deadlines.
+    pub fn unlimited_retry_budget(mut self) -> Self {
+        self.config.budget = None;
         self
     }
 

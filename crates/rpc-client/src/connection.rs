@@ -32,6 +32,7 @@ use tracing::debug;
 
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
+use crate::stack::ConnectionId;
 
 /// Why a connection ended: the cause in the error chain of every call it was carrying.
 ///
@@ -137,6 +138,8 @@ pub(crate) struct CallCommand {
 /// What a channel knows about one of its connections.
 #[derive(Debug)]
 pub(crate) struct ConnectionHandle {
+    /// Unique within the channel, never 0.
+    pub(crate) id: ConnectionId,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// False once the connection stops taking calls (closed, or GOAWAY received).
     pub(crate) usable: Arc<AtomicBool>,
@@ -157,6 +160,7 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     config: &ClientConfig,
     timeout: Duration,
+    id: ConnectionId,
 ) -> Result<ConnectionHandle, ConnectionError> {
     let started = Instant::now();
     let mut io = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -217,6 +221,7 @@ pub(crate) async fn connect(
     };
     tokio::spawn(connection.map(drop));
     Ok(ConnectionHandle {
+        id,
         commands,
         usable,
         in_flight,

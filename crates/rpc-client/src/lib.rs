@@ -43,8 +43,20 @@ mod call;
 mod channel;
 mod config;
 mod connection;
+mod hedge;
+mod latency;
+mod policy;
+mod pool;
+mod retry;
+mod send;
+mod stack;
 
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;
 pub use config::ChannelBuilder;
 pub use connection::ConnectionError;
+pub use policy::{
+    Backoff, HedgeDelay, HedgePolicy, Jitter, MAX_ATTEMPTS_CAP, RetryBudget, RetryPolicy,
+};
+pub use pool::NoConnection;
+pub use retry::{RetryStopped, StopReason};

@@ -5,7 +5,7 @@ use quote::{format_ident, quote};
 use syn::ext::IdentExt;
 use syn::{ReturnType, TraitItem};
 
-use crate::parse::{Method, Service, is_ours};
+use crate::parse::{HedgeAttr, Method, RetryAttr, Service, is_ours};
 
 pub(crate) fn generate(service: Service, krate: &TokenStream) -> TokenStream {
     let Service { mut item, methods } = service;
@@ -137,14 +137,7 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         .attrs
         .iter()
         .filter(|a| a.path().is_ident("doc"));
-    let idempotent = method.idempotent;
-    let deadline = match method.deadline {
-        Some(d) => {
-            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
-        }
-        None => quote!(::core::option::Option::None),
-    };
+    let defaults = method_defaults(method, krate);
     let note = format!(" Calls `{wire}`.");
     quote! {
         #(#docs)*
@@ -158,10 +151,47 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
                 #wire,
                 &(#(#arg_names,)*),
                 ::core::clone::Clone::clone(&self.options),
-                #idempotent,
-                #deadline,
+                #defaults,
             )
             .await
+        }
+    }
+}
+
+/// The `MethodDefaults` expression of a method's attributes.
+fn method_defaults(method: &Method, krate: &TokenStream) -> TokenStream {
+    let idempotent = method.idempotent;
+    let dedupe = method.dedupe;
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let deadline = match method.deadline {
+        Some(d) => {
+            let ms = millis(d);
+            quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let retry = match method.retry {
+        RetryAttr::Channel => quote!(#krate::__private::RetryDefault::Channel),
+        RetryAttr::Off => quote!(#krate::__private::RetryDefault::Off),
+        RetryAttr::MaxAttempts(n) => quote!(#krate::__private::RetryDefault::MaxAttempts(#n)),
+    };
+    let hedge = match method.hedge {
+        None => quote!(::core::option::Option::None),
+        Some(HedgeAttr::After(d)) => {
+            let ms = millis(d);
+            quote!(::core::option::Option::Some(#krate::__private::HedgeDefault::AfterMillis(#ms)))
+        }
+        Some(HedgeAttr::Percentile(p)) => {
+            quote!(::core::option::Option::Some(#krate::__private::HedgeDefault::Percentile(#p)))
+        }
+    };
+    quote! {
+        #krate::__private::MethodDefaults {
+            idempotent: #idempotent,
+            deadline: #deadline,
+            dedupe: #dedupe,
+            retry: #retry,
+            hedge: #hedge,
         }
     }
 }

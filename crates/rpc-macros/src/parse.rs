@@ -18,6 +18,38 @@ pub(crate) struct Method {
     pub(crate) output: Type,
     pub(crate) idempotent: bool,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) dedupe: bool,
+    pub(crate) retry: RetryAttr,
+    pub(crate) hedge: Option<HedgeAttr>,
+}
+
+/// A method's `#[retry(...)]` or `#[no_retry]`.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum RetryAttr {
+    /// The channel's policy.
+    #[default]
+    Channel,
+    /// `#[no_retry]`.
+    Off,
+    /// `#[retry(max_attempts = N)]`.
+    MaxAttempts(u32),
+}
+
+/// A method's `#[hedge(after = 20ms)]` or `#[hedge(percentile = 95)]`.
+#[derive(Clone, Copy)]
+pub(crate) enum HedgeAttr {
+    After(Duration),
+    Percentile(u32),
+}
+
+/// The method attributes read from one method.
+#[derive(Default)]
+struct Attrs {
+    idempotent: bool,
+    deadline: Option<Duration>,
+    dedupe: bool,
+    retry: RetryAttr,
+    hedge: Option<HedgeAttr>,
 }
 
 /// The whole service.
@@ -148,7 +180,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
-    let (idempotent, deadline) = method_attributes(&method.attrs, errors);
+    let attrs = method_attributes(&method.attrs, errors);
     if errors.0.is_some() && !before {
         return None;
     }
@@ -157,39 +189,164 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         name: sig.ident.clone(),
         args,
         output,
-        idempotent,
-        deadline,
+        idempotent: attrs.idempotent,
+        deadline: attrs.deadline,
+        dedupe: attrs.dedupe,
+        retry: attrs.retry,
+        hedge: attrs.hedge,
     })
 }
 
-/// Reads `#[idempotent]` and `#[deadline(200ms)]` (units `ms` and `s`).
-fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> (bool, Option<Duration>) {
-    let mut idempotent = false;
-    let mut deadline = None;
-    for attr in attrs {
-        if attr.path().is_ident("idempotent") {
-            if let Err(err) = attr.meta.require_path_only() {
-                errors.push(err.span(), "`#[idempotent]` takes no arguments");
+/// Reads a duration written `200ms` or `2s`.
+fn duration(lit: &LitInt) -> Option<Duration> {
+    match (lit.base10_parse::<u64>(), lit.suffix()) {
+        (Ok(n), "ms") => Some(Duration::from_millis(n)),
+        (Ok(n), "s") => Some(Duration::from_secs(n)),
+        _ => None,
+    }
+}
+
+/// Reads `#[retry(max_attempts = 4)]`.
+fn retry_attribute(attr: &Attribute, errors: &mut Errors) -> RetryAttr {
+    let mut attempts = None;
+    let result = attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident("max_attempts") {
+            let lit: LitInt = meta.value()?.parse()?;
+            match lit.base10_parse::<u32>() {
+                Ok(n @ 1..=5) => attempts = Some(n),
+                _ => return Err(meta.error("max_attempts is between 1 and 5")),
             }
-            idempotent = true;
-        } else if attr.path().is_ident("deadline") {
+            Ok(())
+        } else {
+            Err(meta.error("write `#[retry(max_attempts = 4)]` (1 to 5), or `#[no_retry]`"))
+        }
+    });
+    match (result, attempts) {
+        (Ok(()), Some(n)) => RetryAttr::MaxAttempts(n),
+        (Ok(()), None) => {
+            errors.push(attr.span(), "write `#[retry(max_attempts = 4)]` (1 to 5)");
+            RetryAttr::Channel
+        }
+        (Err(err), _) => {
+            errors.push(err.span(), err);
+            RetryAttr::Channel
+        }
+    }
+}
+
+/// Reads `#[hedge(after = 20ms)]` or `#[hedge(percentile = 95)]`.
+fn hedge_attribute(attr: &Attribute, errors: &mut Errors) -> Option<HedgeAttr> {
+    let mut hedge = None;
+    let result = attr.parse_nested_meta(|meta| {
+        let lit: LitInt = meta.value()?.parse()?;
+        if meta.path.is_ident("after") {
+            match duration(&lit) {
+                Some(d) => hedge = Some(HedgeAttr::After(d)),
+                None => {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "write the delay as `20ms` or `1s`",
+                    ));
+                }
+            }
+        } else if meta.path.is_ident("percentile") {
+            match lit.base10_parse::<u32>() {
+                Ok(p @ 1..=100) => hedge = Some(HedgeAttr::Percentile(p)),
+                _ => {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "the percentile is between 1 and 100",
+                    ));
+                }
+            }
+        } else {
+            return Err(meta.error("write `#[hedge(after = 20ms)]` or `#[hedge(percentile = 95)]`"));
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) if hedge.is_some() => hedge,
+        Ok(()) => {
+            errors.push(
+                attr.span(),
+                "write `#[hedge(after = 20ms)]` or `#[hedge(percentile = 95)]`",
+            );
+            None
+        }
+        Err(err) => {
+            errors.push(err.span(), err);
+            None
+        }
+    }
+}
+
+/// Reads `#[idempotent]`, `#[deadline(200ms)]` (units `ms` and `s`), `#[dedupe]`,
+/// `#[retry(max_attempts = N)]`, `#[no_retry]` and `#[hedge(...)]`.
+fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
+    let mut out = Attrs::default();
+    let mut hedge_span = None;
+    let mut dedupe_span = None;
+    for attr in attrs {
+        let path = attr.path();
+        if path.is_ident("idempotent") || path.is_ident("dedupe") || path.is_ident("no_retry") {
+            if let Err(err) = attr.meta.require_path_only() {
+                let name = path
+                    .get_ident()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                errors.push(err.span(), format!("`#[{name}]` takes no arguments"));
+            }
+            if path.is_ident("idempotent") {
+                out.idempotent = true;
+            } else if path.is_ident("dedupe") {
+                out.dedupe = true;
+                dedupe_span = Some(attr.span());
+            } else {
+                out.retry = RetryAttr::Off;
+            }
+        } else if path.is_ident("deadline") {
             match attr.parse_args::<LitInt>() {
-                Ok(lit) => match (lit.base10_parse::<u64>(), lit.suffix()) {
-                    (Ok(n), "ms") => deadline = Some(Duration::from_millis(n)),
-                    (Ok(n), "s") => deadline = Some(Duration::from_secs(n)),
-                    _ => errors.push(lit.span(), "write the deadline as `200ms` or `2s`"),
+                Ok(lit) => match duration(&lit) {
+                    Some(d) => out.deadline = Some(d),
+                    None => errors.push(lit.span(), "write the deadline as `200ms` or `2s`"),
                 },
                 Err(_) => errors.push(
                     attr.span(),
                     "write the deadline as `#[deadline(200ms)]` or `#[deadline(2s)]`",
                 ),
             }
+        } else if path.is_ident("retry") {
+            out.retry = retry_attribute(attr, errors);
+        } else if path.is_ident("hedge") {
+            out.hedge = hedge_attribute(attr, errors);
+            hedge_span = Some(attr.span());
         }
     }
-    (idempotent, deadline)
+    if let (Some(span), false) = (hedge_span, out.idempotent) {
+        errors.push(
+            span,
+            "`#[hedge]` needs `#[idempotent]`: a hedge may run the method twice",
+        );
+    }
+    if let (Some(span), true) = (dedupe_span, out.idempotent) {
+        errors.push(
+            span,
+            "`#[dedupe]` is for methods that are not `#[idempotent]`: servers dedupe only those",
+        );
+    }
+    out
 }
 
 /// Whether an attribute is one of ours, to be removed from the emitted trait.
 pub(crate) fn is_ours(attr: &Attribute) -> bool {
-    attr.path().is_ident("idempotent") || attr.path().is_ident("deadline")
+    [
+        "idempotent",
+        "deadline",
+        "dedupe",
+        "retry",
+        "no_retry",
+        "hedge",
+    ]
+    .iter()
+    .any(|name| attr.path().is_ident(name))
 }

@@ -1,0 +1,282 @@
+//! A channel's connections to its address: picks one for each attempt, and reconnects in the
+//! background with backoff.
+//!
+//! One connector task per pool runs while connections are wanted and missing. Calls that find no
+//! usable connection wait for it within their deadline (wait-for-ready), or fail at once with
+//! UNAVAILABLE, NOT_SENT while connecting fails (fail-fast). The connector paces its attempts by
+//! the reconnect backoff, so a server that is down sees one connection attempt per backoff step
+//! from a channel however many calls wait: no tight loop, no storm. The backoff starts again
+//! after a successful handshake.
+//!
+//! Usually one connection carries every call. An attempt that must go elsewhere (a hedge, or the
+//! one free retry of a NOT_EXECUTED call) asks for a connection other than the one it avoids; the
+//! pool opens one more, up to `max_connections`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use rpc_core::{Deadline, Error, Outcome, StatusCode};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::ClientConfig;
+use crate::connection::{ConnectionError, ConnectionHandle, connect};
+use crate::stack::ConnectionId;
+
+/// No connection could be had for a call: the cause of a NOT_SENT failure that waited for a
+/// connection until its deadline, or failed fast while connecting failed.
+#[derive(Clone, Debug)]
+pub struct NoConnection {
+    addr: SocketAddr,
+    last_failure: Option<ConnectionError>,
+}
+
+impl NoConnection {
+    /// The address the channel connects to.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Why the latest connection attempt failed, if one did.
+    #[must_use]
+    pub fn last_failure(&self) -> Option<&ConnectionError> {
+        self.last_failure.as_ref()
+    }
+}
+
+impl fmt::Display for NoConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no connection to {}", self.addr)?;
+        if let Some(failure) = &self.last_failure {
+            write!(f, " (latest attempt: {failure})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoConnection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.last_failure
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A channel's connections to one address.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    state: Mutex<PoolState>,
+    /// Woken whenever a connection attempt ends.
+    changed: Notify,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    connections: Vec<Arc<ConnectionHandle>>,
+    /// How many usable connections the connector works towards (at least 1).
+    wanted: usize,
+    connector_running: bool,
+    /// Connection attempts failed in a row.
+    failures: u32,
+    /// No connection attempt before this instant (the backoff).
+    next_attempt: Option<Instant>,
+    /// Why the latest attempt failed; cleared by a success.
+    last_failure: Option<ConnectionError>,
+    /// Calls waiting for a connection.
+    waiting: usize,
+}
+
+impl PoolState {
+    fn prune(&mut self) {
+        self.connections.retain(|c| c.is_usable());
+    }
+
+    /// A usable connection other than `avoid`; or `avoid` itself when no other can be opened.
+    /// Raises `wanted` when another connection should be opened.
+    fn pick(&mut self, avoid: Option<ConnectionId>, max: usize) -> Option<Arc<ConnectionHandle>> {
+        self.prune();
+        if let Some(conn) = self.connections.iter().find(|c| Some(c.id) != avoid) {
+            return Some(Arc::clone(conn));
+        }
+        let avoided = self.connections.first()?;
+        if self.connections.len() >= max {
+            return Some(Arc::clone(avoided));
+        }
+        self.wanted = self.wanted.max(self.connections.len() + 1);
+        None
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
+        Self {
+            inner: Arc::new(PoolInner {
+                addr,
+                config,
+                state: Mutex::new(PoolState {
+                    connections: Vec::new(),
+                    wanted: 1,
+                    connector_running: false,
+                    failures: 0,
+                    next_attempt: None,
+                    last_failure: None,
+                    waiting: 0,
+                }),
+                changed: Notify::new(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The connection plain calls use now, if there is one.
+    pub(crate) fn current(&self) -> Option<Arc<ConnectionHandle>> {
+        let mut state = self.inner.lock();
+        state.prune();
+        state.connections.first().cloned()
+    }
+
+    /// A usable connection, not `avoid` if another can be had, within `deadline`.
+    pub(crate) async fn get(
+        &self,
+        avoid: Option<ConnectionId>,
+        deadline: Deadline,
+        wait_for_ready: bool,
+    ) -> Result<Arc<ConnectionHandle>, Error> {
+        let max = self.inner.config.max_connections;
+        if let Some(conn) = self.inner.lock().pick(avoid, max) {
+            return Ok(conn);
+        }
+        let _waiting = WaitingGuard::new(&self.inner);
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = self.inner.lock();
+                if let Some(conn) = state.pick(avoid, max) {
+                    return Ok(conn);
+                }
+                if !wait_for_ready && state.last_failure.is_some() {
+                    return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
+                }
+                if !state.connector_running {
+                    state.connector_running = true;
+                    tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
+                }
+            }
+            let at = Instant::from_std(deadline.instant());
+            if tokio::time::timeout_at(at, changed).await.is_err() {
+                let state = self.inner.lock();
+                // A known connection failure is the more useful status: the server is down.
+                let code = if state.last_failure.is_some() {
+                    StatusCode::UNAVAILABLE
+                } else {
+                    StatusCode::DEADLINE_EXCEEDED
+                };
+                return Err(self.no_connection(&state, code));
+            }
+        }
+    }
+
+    fn no_connection(&self, state: &PoolState, code: StatusCode) -> Error {
+        let cause = NoConnection {
+            addr: self.inner.addr,
+            last_failure: state.last_failure.clone(),
+        };
+        Error::from_code(code, cause.to_string(), Outcome::NotSent).with_source(cause)
+    }
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts a call waiting for a connection while it waits.
+struct WaitingGuard<'a>(&'a PoolInner);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(inner: &'a PoolInner) -> Self {
+        inner.lock().waiting += 1;
+        Self(inner)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiting = state.waiting.saturating_sub(1);
+    }
+}
+
+/// Connects until the pool has the connections it wants. Stops when it has them, when nobody
+/// waits any more after a failed attempt (the next call starts it again, still within the
+/// backoff), or when the channel is gone.
+async fn run_connector(pool: Weak<PoolInner>) {
+    loop {
+        let (addr, config, not_before, id) = {
+            let Some(inner) = pool.upgrade() else { return };
+            let mut state = inner.lock();
+            state.prune();
+            let idle_after_failure = state.waiting == 0 && state.last_failure.is_some();
+            if state.connections.len() >= state.wanted || idle_after_failure {
+                state.wanted = 1;
+                state.connector_running = false;
+                return;
+            }
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            (
+                inner.addr,
+                Arc::clone(&inner.config),
+                state.next_attempt,
+                id,
+            )
+        };
+        if let Some(at) = not_before {
+            tokio::time::sleep_until(at).await;
+        }
+        let result = connect(addr, &config, config.connect_timeout, id).await;
+        let Some(inner) = pool.upgrade() else { return };
+        {
+            let mut state = inner.lock();
+            match result {
+                Ok(conn) => {
+                    if state.failures > 0 {
+                        info!(%addr, failed_attempts = state.failures, "reconnected");
+                    }
+                    state.connections.push(Arc::new(conn));
+                    state.failures = 0;
+                    state.next_attempt = None;
+                    state.last_failure = None;
+                }
+                Err(err) => {
+                    let delay = config.reconnect_backoff.delay(state.failures);
+                    state.failures += 1;
+                    state.next_attempt = Some(Instant::now() + delay);
+                    warn!(
+                        %addr,
+                        attempt = state.failures,
+                        retry_in = ?delay,
+                        error = %err,
+                        "connect failed"
+                    );
+                    state.last_failure = Some(err);
+                }
+            }
+        }
+        inner.changed.notify_waiters();
+    }
+}

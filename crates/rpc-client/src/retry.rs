@@ -1,0 +1,436 @@
+//! The retry layer: decides, from each failed attempt's outcome, whether the call is tried again,
+//! and keeps every attempt inside the call's one deadline and the channel's retry budget.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::{BoxError, Error, Idempotency, Outcome};
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tracing::{debug, warn};
+
+use crate::call::Reply;
+use crate::latency::LatencyTracker;
+use crate::policy::{Backoff, RetryPolicy};
+use crate::stack::{Attempt, CallService};
+
+/// Why the retry layer returned a failure it would otherwise have tried again. It is the cause on
+/// top of the last attempt's error, whose own cause chain continues beneath it.
+#[derive(Debug)]
+pub struct RetryStopped {
+    reason: StopReason,
+    source: Option<BoxError>,
+}
+
+/// Why retrying stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The channel's retry budget is spent: retries are already at their share of the calls.
+    BudgetExhausted,
+    /// The policy's maximum number of attempts was made.
+    AttemptsExhausted {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The call may have run and relies on a server's dedupe window, but the server now reached
+    /// has none or is a different instance (it restarted): another attempt could run it twice.
+    NoDedupeWindow,
+    /// Another attempt could not finish before the deadline.
+    NoTimeLeft {
+        /// Time left before the deadline.
+        remaining: Duration,
+        /// The backoff wait plus the method's observed latency.
+        needed: Duration,
+    },
+}
+
+impl RetryStopped {
+    /// Why retrying stopped.
+    #[must_use]
+    pub fn reason(&self) -> StopReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for RetryStopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            StopReason::BudgetExhausted => f.write_str("not retried: the retry budget is spent"),
+            StopReason::NoDedupeWindow => f.write_str(
+                "not retried: the server now reached cannot deduplicate the call (restarted, or no window)",
+            ),
+            StopReason::AttemptsExhausted { attempts } => {
+                write!(f, "not retried: {attempts} attempts made")
+            }
+            StopReason::NoTimeLeft { remaining, needed } => write!(
+                f,
+                "not retried: {remaining:?} left before the deadline, another attempt needs {needed:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RetryStopped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What to do after a failed attempt. The decision is made here and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Return the failure.
+    Stop,
+    /// Nothing reached a server: try again, uncounted and free, once a connection is ready.
+    NotSent,
+    /// The server did no work: try again once, uncounted and free, on another connection.
+    NotExecutedOnce,
+    /// An ordinary retry: counted, charged to the budget, after the backoff.
+    Counted,
+}
+
+/// The retry-safety rule applied to one failure. Safety comes from
+/// [`Outcome::permits_retry`] alone; the policy only says whether the status is worth retrying.
+fn classify(
+    policy: &RetryPolicy,
+    err: &Error,
+    idempotency: Idempotency,
+    not_executed_retried: bool,
+) -> Step {
+    if !policy.retries(err.code()) || !err.outcome().permits_retry(idempotency) {
+        return Step::Stop;
+    }
+    if err.has_cause::<crate::pool::NoConnection>()
+        || err.has_cause::<crate::send::NoDedupeWindow>()
+    {
+        // The connection wait already ran to its end (deadline or fail-fast).
+        return Step::Stop;
+    }
+    match err.outcome() {
+        Outcome::NotSent => Step::NotSent,
+        Outcome::NotExecuted if !not_executed_retried => Step::NotExecutedOnce,
+        _ => Step::Counted,
+    }
+}
+
+/// The retry layer over `S`.
+#[derive(Debug)]
+pub(crate) struct Retry<S> {
+    pub(crate) inner: S,
+    pub(crate) budget: Option<Arc<TpsBudget>>,
+    pub(crate) latency: Arc<LatencyTracker>,
+    /// Paces repeated NOT_SENT attempts: the reconnect backoff.
+    pub(crate) reconnect: Backoff,
+}
+
+impl<S: CallService> CallService for Retry<S> {
+    async fn call(&self, mut attempt: Attempt) -> Result<Reply, Error> {
+        let Some(policy) = attempt.retry.clone() else {
+            return self.inner.call(attempt).await;
+        };
+        let idempotency = attempt.idempotency();
+        let mut counted: u32 = 1;
+        let mut not_sent: u32 = 0;
+        let mut not_executed_retried = false;
+        let mut previous: Option<Error> = None;
+        loop {
+            let err = match self.inner.call(attempt.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(err) => err,
+            };
+            if let Some(previous) = previous.take() {
+                if err.has_cause::<crate::send::NoDedupeWindow>() {
+                    return Err(stopped(previous, StopReason::NoDedupeWindow));
+                }
+                if err.is_deadline_exceeded() && err.outcome() == Outcome::NotSent {
+                    // The retry never left: the earlier failure says more about the call.
+                    let remaining = Duration::ZERO;
+                    let needed = self.latency.average(attempt.method.as_str());
+                    return Err(stopped(
+                        previous,
+                        StopReason::NoTimeLeft { remaining, needed },
+                    ));
+                }
+            }
+            let step = classify(&policy, &err, idempotency, not_executed_retried);
+            let delay = match step {
+                Step::Stop => return Err(err),
+                Step::NotSent => {
+                    not_sent += 1;
+                    match not_sent {
+                        1 => Duration::ZERO,
+                        n => self.reconnect.delay(n - 2),
+                    }
+                }
+                Step::NotExecutedOnce => {
+                    not_executed_retried = true;
+                    attempt.avoid = attempt.call.last_connection();
+                    Duration::ZERO
+                }
+                Step::Counted => {
+                    if counted >= policy.attempts() {
+                        return Err(stopped(
+                            err,
+                            StopReason::AttemptsExhausted { attempts: counted },
+                        ));
+                    }
+                    policy.backoff_policy().delay(counted - 1)
+                }
+            };
+            let remaining = attempt.deadline.remaining(std::time::Instant::now());
+            if step != Step::NotSent {
+                let needed = delay + self.latency.average(attempt.method.as_str());
+                if needed >= remaining {
+                    return Err(stopped(err, StopReason::NoTimeLeft { remaining, needed }));
+                }
+            }
+            if step == Step::Counted {
+                if let Some(budget) = &self.budget {
+                    if !budget.withdraw() {
+                        warn!(
+                            method = attempt.method.as_str(),
+                            attempt = attempt.call.attempts(),
+                            outcome = %err.outcome(),
+                            code = %err.code(),
+                            "retry budget exhausted"
+                        );
+                        return Err(stopped(err, StopReason::BudgetExhausted));
+                    }
+                }
+                counted += 1;
+            }
+            debug!(
+                method = attempt.method.as_str(),
+                attempt = attempt.call.attempts() + 1,
+                outcome = %err.outcome(),
+                code = %err.code(),
+                ?delay,
+                "retrying"
+            );
+            if !delay.is_zero() {
+                tokio::time::sleep(delay.min(remaining)).await;
+            }
+            previous = Some(err);
+        }
+    }
+}
+
+fn stopped(err: Error, reason: StopReason) -> Error {
+    err.map_source(|source| Box::new(RetryStopped { reason, source }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use bytes::Bytes;
+    use rpc_codec::MethodName;
+    use rpc_core::{Deadline, Metadata, StatusCode};
+
+    use super::*;
+    use crate::stack::CallState;
+
+    /// Answers attempts from a script and counts them.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        results: Mutex<VecDeque<Result<Reply, Error>>>,
+        calls: AtomicU32,
+        avoided: Mutex<Vec<Option<u64>>>,
+        latency: Duration,
+    }
+
+    impl CallService for Scripted {
+        async fn call(&self, attempt: Attempt) -> Result<Reply, Error> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            attempt.call.placed(u64::from(n) + 1);
+            self.avoided.lock().unwrap().push(attempt.avoid);
+            tokio::time::sleep(self.latency).await;
+            self.results
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Ok(Reply::default()))
+        }
+    }
+
+    fn failure(code: StatusCode, outcome: Outcome) -> Result<Reply, Error> {
+        Err(Error::from_code(code, "scripted", outcome))
+    }
+
+    fn layer(script: Vec<Result<Reply, Error>>, budget: Option<TpsBudget>) -> Retry<Scripted> {
+        Retry {
+            inner: Scripted {
+                results: Mutex::new(script.into()),
+                ..Scripted::default()
+            },
+            budget: budget.map(Arc::new),
+            latency: Arc::default(),
+            reconnect: Backoff::reconnect_default(),
+        }
+    }
+
+    fn attempt(idempotent: bool, timeout: Duration) -> Attempt {
+        Attempt {
+            method: MethodName::try_from("S.m").unwrap(),
+            payload: Bytes::new(),
+            metadata: Metadata::new(),
+            idempotent,
+            deadline: Deadline::from_now(timeout),
+            wait_for_ready: true,
+            avoid: None,
+            retry: Some(Arc::new(RetryPolicy::new())),
+            hedge: None,
+            call: Arc::new(CallState::new(None)),
+        }
+    }
+
+    const UNAVAILABLE: StatusCode = StatusCode::UNAVAILABLE;
+
+    #[tokio::test(start_paused = true)]
+    async fn maybe_executed_is_retried_only_when_idempotent() {
+        let script = || vec![failure(UNAVAILABLE, Outcome::MaybeExecuted)];
+        let retry = layer(script(), None);
+        let err = retry
+            .call(attempt(false, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.outcome(), Outcome::MaybeExecuted);
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
+
+        let retry = layer(script(), None);
+        retry
+            .call(attempt(true, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dedupe_protected_call_is_retried_like_an_idempotent_one() {
+        let retry = layer(vec![failure(UNAVAILABLE, Outcome::MaybeExecuted)], None);
+        let mut a = attempt(false, Duration::from_secs(5));
+        a.call = Arc::new(CallState::new(Some(Bytes::from_static(b"id"))));
+        retry.call(a).await.unwrap();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn executed_failures_stop_after_max_attempts() {
+        let script = (0..10)
+            .map(|_| failure(UNAVAILABLE, Outcome::Executed))
+            .collect();
+        let retry = layer(script, None);
+        let err = retry
+            .call(attempt(true, Duration::from_secs(60)))
+            .await
+            .unwrap_err();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 3);
+        assert!(err.has_cause::<RetryStopped>());
+        assert_eq!(err.outcome(), Outcome::Executed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statuses_outside_the_policy_are_not_retried() {
+        let retry = layer(vec![failure(StatusCode::INTERNAL, Outcome::Executed)], None);
+        let err = retry
+            .call(attempt(true, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), StatusCode::INTERNAL);
+        assert!(!err.has_cause::<RetryStopped>());
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_executed_is_retried_once_free_on_another_connection() {
+        let script = vec![
+            failure(UNAVAILABLE, Outcome::NotExecuted),
+            failure(UNAVAILABLE, Outcome::NotExecuted),
+            failure(UNAVAILABLE, Outcome::NotExecuted),
+            failure(UNAVAILABLE, Outcome::NotExecuted),
+        ];
+        let retry = layer(script, None);
+        let err = retry
+            .call(attempt(false, Duration::from_secs(60)))
+            .await
+            .unwrap_err();
+        // One free retry plus the policy's 3 counted attempts.
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(err.outcome(), Outcome::NotExecuted);
+        let avoided = retry.inner.avoided.lock().unwrap().clone();
+        assert_eq!(avoided.first(), Some(&None));
+        assert_eq!(
+            avoided.get(1),
+            Some(&Some(1)),
+            "the free retry avoids connection 1"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_sent_is_retried_uncounted_until_success() {
+        let script = (0..8)
+            .map(|_| failure(UNAVAILABLE, Outcome::NotSent))
+            .collect();
+        let retry = layer(
+            script,
+            Some(TpsBudget::new(Duration::from_secs(10), 0, 0.0)),
+        );
+        retry
+            .call(attempt(false, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_returns_the_original_error_with_that_cause() {
+        let retry = layer(
+            vec![failure(UNAVAILABLE, Outcome::Executed)],
+            Some(TpsBudget::new(Duration::from_secs(10), 0, 0.0)),
+        );
+        let err = retry
+            .call(attempt(true, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (UNAVAILABLE, Outcome::Executed)
+        );
+        let cause = std::error::Error::source(&err)
+            .and_then(|c| c.downcast_ref::<RetryStopped>())
+            .unwrap();
+        assert_eq!(cause.reason(), StopReason::BudgetExhausted);
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    // Real time: deadlines are std instants.
+    #[tokio::test]
+    async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
+        let script = (0..5)
+            .map(|_| failure(UNAVAILABLE, Outcome::Executed))
+            .collect();
+        let mut retry = layer(script, None);
+        retry.inner.latency = Duration::from_millis(120);
+        retry.latency.record("S.m", Duration::from_millis(120));
+        let started = std::time::Instant::now();
+        let err = retry
+            .call(attempt(true, Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() <= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        let cause = std::error::Error::source(&err)
+            .and_then(|c| c.downcast_ref::<RetryStopped>())
+            .unwrap();
+        assert!(matches!(cause.reason(), StopReason::NoTimeLeft { .. }));
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2);
+    }
+}

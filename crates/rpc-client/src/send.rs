@@ -1,0 +1,175 @@
+//! The bottom of the stack: one attempt on one connection of the pool.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rpc_codec::{Budget, Request};
+use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY};
+use rpc_core::{Deadline, Error, Outcome, StatusCode};
+use tokio::sync::oneshot;
+
+use crate::call::{CallSlot, Reply};
+use crate::connection::{CallCommand, Command, ConnectionHandle, check_limits};
+use crate::latency::LatencyTracker;
+use crate::pool::Pool;
+use crate::stack::{Attempt, CallService};
+
+/// Sends each attempt on a connection of the pool and records the latency of each answered one.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    pub(crate) pool: Pool,
+    pub(crate) latency: Arc<LatencyTracker>,
+}
+
+impl CallService for Dispatch {
+    async fn call(&self, attempt: Attempt) -> Result<Reply, Error> {
+        let conn = self
+            .pool
+            .get(attempt.avoid, attempt.deadline, attempt.wait_for_ready)
+            .await?;
+        if attempt.call.request_id.is_some()
+            && !attempt.call.dedupe_safe_on(conn.peer.dedupe_instance)
+        {
+            // An earlier attempt may have run, and this server cannot answer with its result.
+            return Err(Error::from_code(
+                StatusCode::UNAVAILABLE,
+                NoDedupeWindow.to_string(),
+                Outcome::MaybeExecuted,
+            )
+            .with_source(NoDedupeWindow));
+        }
+        let number = attempt.call.placed(conn.id);
+        let now = std::time::Instant::now();
+        if attempt.deadline.is_expired(now) {
+            return Err(deadline_exceeded(Outcome::NotSent));
+        }
+        let mut request = Request::new(0, attempt.method, attempt.payload);
+        request.idempotent = attempt.idempotent;
+        request.budget = Budget::until(Some(attempt.deadline), now);
+        request.metadata = attempt.metadata;
+        if number > 1 {
+            request.metadata.insert(
+                MetadataKey::from_static(ATTEMPT_KEY),
+                Bytes::from(number.to_string()),
+            );
+        }
+        if let Some(id) = &attempt.call.request_id {
+            request
+                .metadata
+                .insert(MetadataKey::from_static(REQUEST_ID_KEY), id.clone());
+        }
+        check_limits(&conn.peer, &request)?;
+        let method = request.method.clone();
+        let result = send_and_wait(&conn, request, attempt.deadline).await;
+        // The method's observed latency: every attempt the server answered, failures included.
+        let answered = match &result {
+            Ok(_) => true,
+            Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
+        };
+        if answered {
+            self.latency.record(method.as_str(), now.elapsed());
+        }
+        if let (Err(err), Some(_)) = (&result, &attempt.call.request_id) {
+            if matches!(err.outcome(), Outcome::Executed | Outcome::MaybeExecuted) {
+                attempt.call.may_have_run(conn.peer.dedupe_instance);
+            }
+        }
+        result
+    }
+}
+
+/// A dedupe-protected call that may have run was not retried: the server now reachable is not the
+/// instance whose dedupe window recorded it (it restarted), or it has no window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoDedupeWindow;
+
+impl std::fmt::Display for NoDedupeWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "not retried: no dedupe window of the server instance that may have run the call",
+        )
+    }
+}
+
+impl std::error::Error for NoDedupeWindow {}
+
+pub(crate) fn deadline_exceeded(outcome: Outcome) -> Error {
+    Error::from_code(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded", outcome)
+}
+
+/// Hands `request` to the connection and waits for its result until `deadline`. Dropping the
+/// returned future withdraws the call.
+async fn send_and_wait(
+    conn: &ConnectionHandle,
+    request: Request,
+    deadline: Deadline,
+) -> Result<Reply, Error> {
+    let slot = CallSlot::new();
+    let (reply, response) = oneshot::channel();
+    let command = Command::Call(CallCommand {
+        request,
+        slot: Arc::clone(&slot),
+        reply,
+    });
+    if conn.commands.send(command).is_err() {
+        return Err(Error::from_code(
+            StatusCode::UNAVAILABLE,
+            "the connection closed before the call was sent",
+            Outcome::NotSent,
+        ));
+    }
+    let mut guard = WithdrawOnDrop {
+        slot: &slot,
+        commands: &conn.commands,
+        armed: true,
+    };
+    let at = tokio::time::Instant::from_std(deadline.instant());
+    let result = match tokio::time::timeout_at(at, response).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_closed)) => Err(Error::from_code(
+            StatusCode::UNAVAILABLE,
+            "the connection ended without answering",
+            if slot.abandon() {
+                Outcome::NotSent
+            } else {
+                Outcome::MaybeExecuted
+            },
+        )),
+        Err(_elapsed) => {
+            guard.armed = false;
+            return Err(deadline_exceeded(guard.withdraw()));
+        }
+    };
+    guard.armed = false;
+    result
+}
+
+/// Withdraws a call whose caller stopped waiting: never sent if it was still queued, otherwise
+/// CANCEL on the wire.
+struct WithdrawOnDrop<'a> {
+    slot: &'a CallSlot,
+    commands: &'a tokio::sync::mpsc::UnboundedSender<Command>,
+    armed: bool,
+}
+
+impl WithdrawOnDrop<'_> {
+    /// The outcome of the withdrawn call.
+    fn withdraw(&self) -> Outcome {
+        if self.slot.abandon() {
+            Outcome::NotSent
+        } else {
+            let _ = self.commands.send(Command::Cancel {
+                call_id: self.slot.call_id(),
+            });
+            Outcome::MaybeExecuted
+        }
+    }
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.withdraw();
+        }
+    }
+}

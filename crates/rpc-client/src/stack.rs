@@ -1,0 +1,111 @@
+//! The shape of the client's layers: each is a [`CallService`] wrapping another, like tower's
+//! `Service`, but called through `&self` with no `poll_ready` (a channel is shared by many
+//! callers at once, and the server's concurrency limit is enforced inside the connection), and
+//! returning an unboxed future. The stack of a channel is `Retry<Hedge<Pool>>`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use rpc_codec::MethodName;
+use rpc_core::{Deadline, Error, Idempotency, Metadata};
+
+use crate::call::Reply;
+use crate::policy::{HedgePolicy, RetryPolicy};
+
+/// Identifies one connection of a channel.
+pub(crate) type ConnectionId = u64;
+
+/// One call as it goes down the stack, and each attempt of it.
+#[derive(Clone, Debug)]
+pub(crate) struct Attempt {
+    pub(crate) method: MethodName,
+    pub(crate) payload: Bytes,
+    pub(crate) metadata: Metadata,
+    pub(crate) idempotent: bool,
+    /// The call's one deadline, shared by all its attempts.
+    pub(crate) deadline: Deadline,
+    /// Wait for a connection until the deadline (true), or fail at once while connecting fails.
+    pub(crate) wait_for_ready: bool,
+    /// Place this attempt on a connection other than this one, if the pool can.
+    pub(crate) avoid: Option<ConnectionId>,
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    pub(crate) hedge: Option<HedgePolicy>,
+    /// State shared by all attempts of the call.
+    pub(crate) call: Arc<CallState>,
+}
+
+impl Attempt {
+    /// How the retry-safety rule sees this call: a call protected by the server's dedupe window
+    /// may be tried again like an idempotent one, because the server answers a repeat with the
+    /// first execution's result.
+    pub(crate) fn idempotency(&self) -> Idempotency {
+        Idempotency::from_flag(self.idempotent || self.call.request_id.is_some())
+    }
+}
+
+/// What the attempts of one call share.
+#[derive(Debug, Default)]
+pub(crate) struct CallState {
+    /// Attempts placed on a connection so far.
+    attempts: AtomicU32,
+    /// The connection of the latest attempt (0: none yet).
+    last_connection: AtomicU64,
+    /// The id the server's dedupe window knows the call by.
+    pub(crate) request_id: Option<Bytes>,
+    /// The DEDUPE_INSTANCE of the server an attempt may have run on ([`NOT_RUN`] if none may
+    /// have): a retry is deduplicated only by that same instance.
+    may_have_run_on: AtomicU64,
+}
+
+/// [`CallState::may_have_run_on`] before any attempt may have run.
+const NOT_RUN: u64 = u64::MAX;
+
+impl CallState {
+    pub(crate) fn new(request_id: Option<Bytes>) -> Self {
+        Self {
+            request_id,
+            may_have_run_on: AtomicU64::new(NOT_RUN),
+            ..Self::default()
+        }
+    }
+
+    /// Records that an attempt may have run on the server announcing `dedupe_instance`.
+    pub(crate) fn may_have_run(&self, dedupe_instance: u32) {
+        self.may_have_run_on
+            .store(u64::from(dedupe_instance), Ordering::Relaxed);
+    }
+
+    /// Whether an attempt on a server announcing `dedupe_instance` is safe for a call that may
+    /// already have run: only the instance that recorded it (with a window: non-zero) will answer
+    /// with the recorded result.
+    pub(crate) fn dedupe_safe_on(&self, dedupe_instance: u32) -> bool {
+        match self.may_have_run_on.load(Ordering::Relaxed) {
+            NOT_RUN => true,
+            earlier => earlier != 0 && earlier == u64::from(dedupe_instance),
+        }
+    }
+
+    /// Records an attempt placed on `connection`; returns its number, from 1.
+    pub(crate) fn placed(&self, connection: ConnectionId) -> u32 {
+        self.last_connection.store(connection, Ordering::Relaxed);
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The connection of the latest attempt, if any was placed.
+    pub(crate) fn last_connection(&self) -> Option<ConnectionId> {
+        Some(self.last_connection.load(Ordering::Relaxed)).filter(|&id| id != 0)
+    }
+
+    /// Attempts placed so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+}
+
+/// One layer of the client stack.
+pub(crate) trait CallService: Send + Sync {
+    /// Runs `attempt` (and, for an outer layer, whatever further attempts it decides on).
+    fn call(&self, attempt: Attempt) -> impl Future<Output = Result<Reply, Error>> + Send;
+}
