@@ -128,7 +128,10 @@ const WORKLOADS: [Workload; 4] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Baseline,
+    /// keel as users get it: the retry layer on (its default policy and budget).
     Keel,
+    /// keel with the retry layer off (`ChannelBuilder::disable_retries`): prices the layer.
+    KeelNoRetry,
 }
 
 impl Side {
@@ -136,6 +139,7 @@ impl Side {
         match self {
             Self::Baseline => "baseline",
             Self::Keel => "keel",
+            Self::KeelNoRetry => "keel-noretry",
         }
     }
 }
@@ -165,7 +169,7 @@ impl Config {
             warmup,
             measure,
             rounds,
-            sides: vec![Side::Baseline, Side::Keel],
+            sides: vec![Side::Baseline, Side::Keel, Side::KeelNoRetry],
             filters: Vec::new(),
             full,
             baseline_mux: false,
@@ -183,8 +187,9 @@ impl Config {
                 "--side" => {
                     config.sides = match args.next().map(String::as_str) {
                         Some("keel") => vec![Side::Keel],
+                        Some("keel-noretry") => vec![Side::KeelNoRetry],
                         Some("baseline") => vec![Side::Baseline],
-                        _ => panic!("--side takes keel or baseline"),
+                        _ => panic!("--side takes keel, keel-noretry or baseline"),
                     };
                 }
                 "--baseline-mux" => config.baseline_mux = true,
@@ -287,10 +292,13 @@ async fn keel_server() -> io::Result<ServerHandle> {
         .await
 }
 
-fn keel_channel(addr: SocketAddr) -> Channel {
-    Channel::builder(addr)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .build()
+fn keel_channel(addr: SocketAddr, side: Side) -> Channel {
+    let builder = Channel::builder(addr).max_frame_size(MAX_FRAME_SIZE);
+    if side == Side::KeelNoRetry {
+        builder.disable_retries().build()
+    } else {
+        builder.build()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,7 +480,7 @@ enum Multiplexed {
 impl Multiplexed {
     async fn connect(side: Side, addrs: &Addrs) -> Self {
         match side {
-            Side::Keel => Self::Keel(keel_channel(addrs.keel)),
+            Side::Keel | Side::KeelNoRetry => Self::Keel(keel_channel(addrs.keel, side)),
             Side::Baseline => Self::Baseline(
                 RawClient::connect(addrs.baseline)
                     .await
@@ -680,7 +688,7 @@ async fn run_round(side: Side, workload: &Workload, addrs: &Addrs, config: &Conf
     for _ in 0..workload.connections {
         if workload.in_flight == 1 && !(side == Side::Baseline && config.baseline_mux) {
             callers.push(match side {
-                Side::Keel => Serial::Keel(keel_channel(addrs.keel)),
+                Side::Keel | Side::KeelNoRetry => Serial::Keel(keel_channel(addrs.keel, side)),
                 Side::Baseline => Serial::Baseline {
                     framed: Framed::new(
                         raw_connect(addrs.baseline).await.expect("baseline connect"),
@@ -787,18 +795,46 @@ fn target(workload: &Workload, figure: &str) -> Option<(f64, bool)> {
 
 type Row = (Workload, HashMap<&'static str, Vec<RoundResult>>);
 
+/// The retry layer's target, as a ratio keel (retry layer on) / keel (off): at most 5 % slower.
+fn retry_layer_target(workload: &Workload, figure: &str) -> Option<(f64, bool)> {
+    match (workload.metric, figure) {
+        (Metric::Latency, "p50 µs") => Some((1.05, false)),
+        (Metric::CallsPerSec, "calls/s") => Some((0.95, true)),
+        (Metric::MegabytesPerSec, "MB/s") => Some((0.95, true)),
+        _ => None,
+    }
+}
+
 fn print_table(rows: &[Row], judge: bool) {
     println!();
     if !judge {
         println!("smoke run: too short for figures to mean anything; targets are not judged");
     }
+    print_comparison(rows, judge, ("baseline", "keel"), target);
+    println!();
     println!(
-        "{:<30} {:<11} {:>12} {:>12} {:>22} {:>14}",
-        "workload", "figure", "baseline", "keel", "keel/baseline (range)", "target"
+        "the retry layer's cost, no faults: keel as built by default / keel with disable_retries"
+    );
+    print_comparison(rows, judge, ("keel-noretry", "keel"), retry_layer_target);
+}
+
+/// One table: `names.1`'s figures against `names.0`'s, median ratio over rounds, judged by
+/// `goal_of`.
+fn print_comparison(
+    rows: &[Row],
+    judge: bool,
+    names: (&str, &str),
+    goal_of: fn(&Workload, &str) -> Option<(f64, bool)>,
+) {
+    let (base_name, ours_name) = names;
+    let ratio_name = format!("{ours_name}/{base_name} (range)");
+    println!(
+        "{:<30} {:<11} {:>12} {:>12} {:>26} {:>14}",
+        "workload", "figure", base_name, ours_name, ratio_name, "target"
     );
     for (workload, results) in rows {
-        let base = results.get("baseline").map(Vec::as_slice).unwrap_or(&[]);
-        let ours = results.get("keel").map(Vec::as_slice).unwrap_or(&[]);
+        let base = results.get(base_name).map(Vec::as_slice).unwrap_or(&[]);
+        let ours = results.get(ours_name).map(Vec::as_slice).unwrap_or(&[]);
         let names: Vec<&'static str> = base
             .first()
             .or_else(|| ours.first())
@@ -826,7 +862,7 @@ fn print_table(rows: &[Row], judge: bool) {
                 let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 format!("{:.2} ({lo:.2}-{hi:.2})", median(&mut ratios))
             };
-            let goal = match target(workload, figure) {
+            let goal = match goal_of(workload, figure) {
                 None => String::new(),
                 Some((bound, higher)) => {
                     let sign = if higher { ">=" } else { "<=" };
@@ -845,7 +881,7 @@ fn print_table(rows: &[Row], judge: bool) {
             };
             let label = if index == 0 { workload.name } else { "" };
             println!(
-                "{label:<30} {figure:<11} {:>12} {:>12} {ratio:>22} {goal:>14}",
+                "{label:<30} {figure:<11} {:>12} {:>12} {ratio:>26} {goal:>14}",
                 cell(&mut b),
                 cell(&mut k)
             );

@@ -111,7 +111,9 @@ impl PoolState {
             return Some(Arc::clone(conn));
         }
         let avoided = self.connections.first()?;
-        if self.connections.len() >= max {
+        if self.connections.len() >= max || self.last_failure.is_some() {
+            // No other connection can be had (at the limit, or connecting fails): the avoided
+            // one is better than waiting.
             return Some(Arc::clone(avoided));
         }
         self.wanted = self.wanted.max(self.connections.len() + 1);
