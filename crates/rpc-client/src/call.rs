@@ -90,9 +90,11 @@ impl CallOptions {
 
     /// Sends a request id (`rpc-request-id`, 16 random bytes, the same on every attempt) so that
     /// a server with a dedupe window answers a retry with the first execution's result instead of
-    /// running the handler again. The call is then retried after MAYBE_EXECUTED and EXECUTED
-    /// failures like an idempotent one: enable it only for methods whose server has the window on
-    /// (`ServerBuilder::dedupe`).
+    /// running the handler again. The call is then retried after a MAYBE_EXECUTED failure like an
+    /// idempotent one, but only towards the server instance that may have run it, and only if
+    /// that server announced a window (`ServerBuilder::dedupe`); otherwise it stops with a
+    /// [`StopReason::NoDedupeWindow`](crate::StopReason::NoDedupeWindow) cause. (After EXECUTED
+    /// it is not retried: the window recorded that result.)
     pub fn dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
         self

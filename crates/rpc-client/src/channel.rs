@@ -17,7 +17,7 @@ use crate::latency::LatencyTracker;
 use crate::pool::Pool;
 use crate::retry::Retry;
 use crate::send::Dispatch;
-use crate::stack::{Attempt, CallService, CallState};
+use crate::stack::{Attempt, CallService, CallState, RetryChoice};
 
 /// Calls to one server address.
 ///
@@ -80,6 +80,7 @@ impl Channel {
         };
         let stack = Retry {
             inner: hedge,
+            default: config.retry.clone(),
             budget: budget.clone(),
             latency,
             reconnect: config.reconnect_backoff,
@@ -143,7 +144,11 @@ impl Channel {
             idempotent: options.idempotency == Some(Idempotency::Idempotent),
             wait_for_ready: options.wait_for_ready.unwrap_or(config.wait_for_ready),
             avoid: None,
-            retry: options.retry.unwrap_or_else(|| config.retry.clone()),
+            retry: match options.retry {
+                None => RetryChoice::ChannelDefault,
+                Some(None) => RetryChoice::Off,
+                Some(Some(policy)) => RetryChoice::Policy(policy),
+            },
             hedge: options.hedge.or(config.hedge),
             metadata: options.metadata,
             call: Arc::new(CallState::new(request_id)),

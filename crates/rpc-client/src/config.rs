@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use rpc_codec::Settings;
 
 use crate::Channel;
@@ -21,7 +19,7 @@ pub(crate) struct ClientConfig {
     pub(crate) reconnect_backoff: Backoff,
     pub(crate) max_connections: usize,
     pub(crate) wait_for_ready: bool,
-    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    pub(crate) retry: Option<RetryPolicy>,
     pub(crate) hedge: Option<HedgePolicy>,
     pub(crate) budget: Option<RetryBudget>,
 }
@@ -38,7 +36,7 @@ impl Default for ClientConfig {
             reconnect_backoff: Backoff::reconnect_default(),
             max_connections: 2,
             wait_for_ready: true,
-            retry: Some(Arc::new(RetryPolicy::default())),
+            retry: Some(RetryPolicy::default()),
             hedge: None,
             budget: Some(RetryBudget::default()),
         }
@@ -156,7 +154,7 @@ impl ChannelBuilder {
     /// The retry policy of calls that set none. Default [`RetryPolicy::default`]: 3 attempts,
     /// UNAVAILABLE, 50 ms ×2 up to 2 s with full jitter.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.config.retry = Some(Arc::new(policy));
+        self.config.retry = Some(policy);
         self
     }
 

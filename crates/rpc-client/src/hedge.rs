@@ -136,7 +136,7 @@ mod tests {
             deadline: Deadline::from_now(Duration::from_secs(60)),
             wait_for_ready: true,
             avoid: None,
-            retry: None,
+            retry: crate::stack::RetryChoice::Off,
             hedge: Some(policy),
             call: Arc::new(CallState::new(None)),
         }
@@ -190,7 +190,7 @@ mod tests {
         let policy = HedgePolicy::at_percentile(95.0).min_samples(20);
         let hedge = layer(&[1000, 1000, 10], None);
         for _ in 0..19 {
-            hedge.latency.record("S.m", Duration::from_millis(30));
+            hedge.latency.record("S.m", Duration::from_millis(30), true);
         }
         // 19 samples: no hedge yet.
         let started = Instant::now();
@@ -199,7 +199,7 @@ mod tests {
             "1"
         );
         assert_eq!(started.elapsed(), Duration::from_millis(1000));
-        hedge.latency.record("S.m", Duration::from_millis(30));
+        hedge.latency.record("S.m", Duration::from_millis(30), true);
         // 20 samples, p95 = 30 ms: hedged after 30 ms, answered 10 ms later.
         let started = Instant::now();
         assert_eq!(

@@ -1,5 +1,5 @@
-//! Recent latencies per method: an average to judge whether another attempt fits in a deadline,
-//! and percentiles for hedging delays.
+//! Recent latencies per method: an average of answered attempts, to judge whether another attempt
+//! fits in a deadline, and percentiles of successful ones for hedging delays.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,7 +12,7 @@ const REFRESH_EVERY: u32 = 16;
 /// Weight of a new sample in the moving average.
 const EWMA_WEIGHT: f64 = 0.2;
 
-/// Successful attempts' latencies, per method, shared by a channel's calls.
+/// Attempts' latencies, per method, shared by a channel's calls.
 #[derive(Debug, Default)]
 pub(crate) struct LatencyTracker {
     methods: Mutex<HashMap<Box<str>, MethodLatency>>,
@@ -41,8 +41,11 @@ impl MethodLatency {
         }
     }
 
-    fn record(&mut self, latency: Duration) {
+    fn record(&mut self, latency: Duration, success: bool) {
         self.average += EWMA_WEIGHT * (latency.as_secs_f64() - self.average);
+        if !success {
+            return;
+        }
         let micros = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         if let Some(slot) = self.samples.get_mut(self.count % WINDOW) {
             *slot = micros;
@@ -79,20 +82,20 @@ impl MethodLatency {
 }
 
 impl LatencyTracker {
-    /// Records one successful attempt of `method`.
-    pub(crate) fn record(&self, method: &str, latency: Duration) {
+    /// Records one answered attempt of `method`; only a `success` counts for percentiles.
+    pub(crate) fn record(&self, method: &str, latency: Duration, success: bool) {
         let mut methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
         match methods.get_mut(method) {
-            Some(stats) => stats.record(latency),
+            Some(stats) => stats.record(latency, success),
             None => {
                 let mut stats = MethodLatency::new(latency);
-                stats.record(latency);
+                stats.record(latency, success);
                 methods.insert(method.into(), stats);
             }
         }
     }
 
-    /// The moving average latency of `method`; zero when nothing is known yet.
+    /// The moving average latency of `method`'s answered attempts; zero when nothing is known.
     pub(crate) fn average(&self, method: &str) -> Duration {
         let methods = self.methods.lock().unwrap_or_else(PoisonError::into_inner);
         methods
@@ -100,7 +103,7 @@ impl LatencyTracker {
             .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.average))
     }
 
-    /// The `percentile` of `method`'s recent latencies, once `min_samples` are known.
+    /// The `percentile` of `method`'s recent successful latencies, once `min_samples` are known.
     pub(crate) fn percentile(
         &self,
         method: &str,
@@ -120,11 +123,11 @@ mod tests {
     fn percentile_needs_samples_then_tracks_the_window() {
         let t = LatencyTracker::default();
         for ms in 1..=10 {
-            t.record("m", Duration::from_millis(ms));
+            t.record("m", Duration::from_millis(ms), true);
         }
         assert_eq!(t.percentile("m", 95.0, 20), None);
         for ms in 11..=100 {
-            t.record("m", Duration::from_millis(ms));
+            t.record("m", Duration::from_millis(ms), true);
         }
         let p50 = t.percentile("m", 50.0, 20).unwrap();
         assert!((Duration::from_millis(49)..=Duration::from_millis(52)).contains(&p50));
@@ -132,7 +135,7 @@ mod tests {
         assert!((Duration::from_millis(94)..=Duration::from_millis(96)).contains(&p95));
         // Only the last WINDOW samples count.
         for _ in 0..WINDOW {
-            t.record("m", Duration::from_millis(7));
+            t.record("m", Duration::from_millis(7), true);
         }
         assert_eq!(t.percentile("m", 95.0, 20), Some(Duration::from_millis(7)));
         assert_eq!(t.percentile("other", 95.0, 1), None);
@@ -142,11 +145,13 @@ mod tests {
     fn average_moves_towards_new_samples() {
         let t = LatencyTracker::default();
         assert_eq!(t.average("m"), Duration::ZERO);
-        t.record("m", Duration::from_millis(10));
+        t.record("m", Duration::from_millis(10), true);
         assert_eq!(t.average("m"), Duration::from_millis(10));
         for _ in 0..50 {
-            t.record("m", Duration::from_millis(30));
+            t.record("m", Duration::from_millis(30), false);
         }
         assert!(t.average("m") > Duration::from_millis(29));
+        // Failures move the average, not the percentiles.
+        assert_eq!(t.percentile("m", 50.0, 1), Some(Duration::from_millis(10)));
     }
 }

@@ -124,8 +124,8 @@ pub const MAX_ATTEMPTS_CAP: u32 = 5;
 ///   connection wait: the reconnect backoff.
 /// - NOT_EXECUTED: tried again once for every method, on another connection, not counted and not
 ///   charged (the server did no work). A second NOT_EXECUTED is an ordinary retry.
-/// - EXECUTED and MAYBE_EXECUTED: tried again only for idempotent methods (or with
-///   [`CallOptions::dedupe`](crate::CallOptions::dedupe)), counted and charged.
+/// - EXECUTED and MAYBE_EXECUTED: tried again only for idempotent methods (and MAYBE_EXECUTED
+///   also with [`CallOptions::dedupe`](crate::CallOptions::dedupe)), counted and charged.
 ///
 /// ```
 /// use rpc_client::RetryPolicy;

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::call::Reply;
 use crate::latency::LatencyTracker;
 use crate::policy::{Backoff, RetryPolicy};
-use crate::stack::{Attempt, CallService};
+use crate::stack::{Attempt, CallService, RetryChoice};
 
 /// Why the retry layer returned a failure it would otherwise have tried again. It is the cause on
 /// top of the last attempt's error, whose own cause chain continues beneath it.
@@ -120,6 +120,8 @@ fn classify(
 #[derive(Debug)]
 pub(crate) struct Retry<S> {
     pub(crate) inner: S,
+    /// The channel's policy; `None` when it disabled retries.
+    pub(crate) default: Option<RetryPolicy>,
     pub(crate) budget: Option<Arc<TpsBudget>>,
     pub(crate) latency: Arc<LatencyTracker>,
     /// Paces repeated NOT_SENT attempts: the reconnect backoff.
@@ -128,10 +130,14 @@ pub(crate) struct Retry<S> {
 
 impl<S: CallService> CallService for Retry<S> {
     async fn call(&self, mut attempt: Attempt) -> Result<Reply, Error> {
-        let Some(policy) = attempt.retry.clone() else {
-            return self.inner.call(attempt).await;
+        let choice = std::mem::replace(&mut attempt.retry, RetryChoice::ChannelDefault);
+        let policy = match (&choice, &self.default) {
+            (RetryChoice::Policy(policy), _) => &**policy,
+            (RetryChoice::ChannelDefault, Some(policy)) => policy,
+            (RetryChoice::Off | RetryChoice::ChannelDefault, _) => {
+                return self.inner.call(attempt).await;
+            }
         };
-        let idempotency = attempt.idempotency();
         let mut counted: u32 = 1;
         let mut not_sent: u32 = 0;
         let mut not_executed_retried = false;
@@ -155,7 +161,8 @@ impl<S: CallService> CallService for Retry<S> {
                     ));
                 }
             }
-            let step = classify(&policy, &err, idempotency, not_executed_retried);
+            let idempotency = attempt.idempotency(err.outcome());
+            let step = classify(policy, &err, idempotency, not_executed_retried);
             let delay = match step {
                 Step::Stop => return Err(err),
                 Step::NotSent => {
@@ -167,7 +174,6 @@ impl<S: CallService> CallService for Retry<S> {
                 }
                 Step::NotExecutedOnce => {
                     not_executed_retried = true;
-                    attempt.avoid = attempt.call.last_connection();
                     Duration::ZERO
                 }
                 Step::Counted => {
@@ -179,6 +185,12 @@ impl<S: CallService> CallService for Retry<S> {
                     }
                     policy.backoff_policy().delay(counted - 1)
                 }
+            };
+            // Only the free NOT_EXECUTED retry must go elsewhere.
+            attempt.avoid = if step == Step::NotExecutedOnce {
+                attempt.call.last_connection()
+            } else {
+                None
             };
             let remaining = attempt.deadline.remaining(std::time::Instant::now());
             if step != Step::NotSent {
@@ -268,6 +280,7 @@ mod tests {
                 results: Mutex::new(script.into()),
                 ..Scripted::default()
             },
+            default: None,
             budget: budget.map(Arc::new),
             latency: Arc::default(),
             reconnect: Backoff::reconnect_default(),
@@ -283,7 +296,7 @@ mod tests {
             deadline: Deadline::from_now(timeout),
             wait_for_ready: true,
             avoid: None,
-            retry: Some(Arc::new(RetryPolicy::new())),
+            retry: RetryChoice::Policy(Arc::new(RetryPolicy::new())),
             hedge: None,
             call: Arc::new(CallState::new(None)),
         }
@@ -317,6 +330,38 @@ mod tests {
         a.call = Arc::new(CallState::new(Some(Bytes::from_static(b"id"))));
         retry.call(a).await.unwrap();
         assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dedupe_protected_call_is_not_retried_after_executed() {
+        // The server's window recorded that error: a repeat would replay it.
+        let retry = layer(vec![failure(UNAVAILABLE, Outcome::Executed)], None);
+        let mut a = attempt(false, Duration::from_secs(5));
+        a.call = Arc::new(CallState::new(Some(Bytes::from_static(b"id"))));
+        let err = retry.call(a).await.unwrap_err();
+        assert_eq!(err.outcome(), Outcome::Executed);
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_never_left_before_the_deadline_returns_the_earlier_failure() {
+        let script = vec![
+            failure(UNAVAILABLE, Outcome::Executed),
+            failure(StatusCode::DEADLINE_EXCEEDED, Outcome::NotSent),
+        ];
+        let retry = layer(script, None);
+        let err = retry
+            .call(attempt(true, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (UNAVAILABLE, Outcome::Executed)
+        );
+        let cause = std::error::Error::source(&err)
+            .and_then(|c| c.downcast_ref::<RetryStopped>())
+            .unwrap();
+        assert!(matches!(cause.reason(), StopReason::NoTimeLeft { .. }));
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,7 +461,9 @@ mod tests {
             .collect();
         let mut retry = layer(script, None);
         retry.inner.latency = Duration::from_millis(120);
-        retry.latency.record("S.m", Duration::from_millis(120));
+        retry
+            .latency
+            .record("S.m", Duration::from_millis(120), true);
         let started = std::time::Instant::now();
         let err = retry
             .call(attempt(true, Duration::from_millis(300)))

@@ -38,11 +38,11 @@ impl CallService for Dispatch {
             )
             .with_source(NoDedupeWindow));
         }
-        let number = attempt.call.placed(conn.id);
         let now = std::time::Instant::now();
         if attempt.deadline.is_expired(now) {
             return Err(deadline_exceeded(Outcome::NotSent));
         }
+        let number = attempt.call.placed(conn.id);
         let mut request = Request::new(0, attempt.method, attempt.payload);
         request.idempotent = attempt.idempotent;
         request.budget = Budget::until(Some(attempt.deadline), now);
@@ -61,13 +61,15 @@ impl CallService for Dispatch {
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
         let result = send_and_wait(&conn, request, attempt.deadline).await;
-        // The method's observed latency: every attempt the server answered, failures included.
+        // The method's observed latency: the average counts every attempt the server answered
+        // (to judge whether another fits in a deadline), the hedging percentiles only successes.
         let answered = match &result {
             Ok(_) => true,
             Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
         };
         if answered {
-            self.latency.record(method.as_str(), now.elapsed());
+            self.latency
+                .record(method.as_str(), now.elapsed(), result.is_ok());
         }
         if let (Err(err), Some(_)) = (&result, &attempt.call.request_id) {
             if matches!(err.outcome(), Outcome::Executed | Outcome::MaybeExecuted) {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rpc_codec::MethodName;
-use rpc_core::{Deadline, Error, Idempotency, Metadata};
+use rpc_core::{Deadline, Error, Idempotency, Metadata, Outcome};
 
 use crate::call::Reply;
 use crate::policy::{HedgePolicy, RetryPolicy};
@@ -30,19 +30,33 @@ pub(crate) struct Attempt {
     pub(crate) wait_for_ready: bool,
     /// Place this attempt on a connection other than this one, if the pool can.
     pub(crate) avoid: Option<ConnectionId>,
-    pub(crate) retry: Option<Arc<RetryPolicy>>,
+    pub(crate) retry: RetryChoice,
     pub(crate) hedge: Option<HedgePolicy>,
     /// State shared by all attempts of the call.
     pub(crate) call: Arc<CallState>,
 }
 
 impl Attempt {
-    /// How the retry-safety rule sees this call: a call protected by the server's dedupe window
-    /// may be tried again like an idempotent one, because the server answers a repeat with the
-    /// first execution's result.
-    pub(crate) fn idempotency(&self) -> Idempotency {
-        Idempotency::from_flag(self.idempotent || self.call.request_id.is_some())
+    /// How the retry-safety rule sees this call after a failure with `outcome`. A call protected
+    /// by the server's dedupe window is treated as idempotent after MAYBE_EXECUTED, because the
+    /// server answers a repeat with the first execution's result. After EXECUTED it is not: the
+    /// server recorded that error, and a repeat would only replay it.
+    pub(crate) fn idempotency(&self, outcome: Outcome) -> Idempotency {
+        let deduped = self.call.request_id.is_some() && outcome == Outcome::MaybeExecuted;
+        Idempotency::from_flag(self.idempotent || deduped)
     }
+}
+
+/// Which retry policy a call follows. The channel's default lives in the retry layer, so the
+/// common case clones no shared pointer per call.
+#[derive(Clone, Debug)]
+pub(crate) enum RetryChoice {
+    /// The channel's policy (or none, if the channel disabled retries).
+    ChannelDefault,
+    /// No retries for this call.
+    Off,
+    /// This call's own policy.
+    Policy(Arc<RetryPolicy>),
 }
 
 /// What the attempts of one call share.
