@@ -174,6 +174,7 @@ impl Config {
             full,
             baseline_mux: false,
         };
+        let mut sides_given = false;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -185,12 +186,17 @@ impl Config {
                         .expect("--rounds takes a positive number");
                 }
                 "--side" => {
-                    config.sides = match args.next().map(String::as_str) {
-                        Some("keel") => vec![Side::Keel],
-                        Some("keel-noretry") => vec![Side::KeelNoRetry],
-                        Some("baseline") => vec![Side::Baseline],
+                    // Repeatable: the first one replaces the default set of sides.
+                    if !sides_given {
+                        config.sides.clear();
+                        sides_given = true;
+                    }
+                    config.sides.push(match args.next().map(String::as_str) {
+                        Some("keel") => Side::Keel,
+                        Some("keel-noretry") => Side::KeelNoRetry,
+                        Some("baseline") => Side::Baseline,
                         _ => panic!("--side takes keel, keel-noretry or baseline"),
-                    };
+                    });
                 }
                 "--baseline-mux" => config.baseline_mux = true,
                 flag if flag.starts_with('-') => {} // --bench, --test and harness flags

@@ -52,7 +52,11 @@ fn echo_example() -> std::path::PathBuf {
         .unwrap()
         .join("examples")
         .join("echo");
-    assert!(path.exists(), "{} is missing", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` without target filters, or `cargo build --example echo`",
+        path.display()
+    );
     path
 }
 
