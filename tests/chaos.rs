@@ -20,22 +20,6 @@ use keel::{Bytes, CallOptions, Channel, Error, Outcome, Server, ServerHandle, St
 use rpc_chaos::{Direction, DropMode, Faults, Proxy, ServerProcess};
 use tokio_util::codec::Encoder;
 
-/// The seed for this test's randomness: `KEEL_CHAOS_SEED`, or the clock. Printed for replay.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("KEEL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos();
-            u64::from(nanos)
-        });
-    println!("{test}: KEEL_CHAOS_SEED={seed}");
-    seed
-}
-
 /// How many times the server ran its handler for each payload.
 #[derive(Clone, Default)]
 struct Runs(Arc<Mutex<HashMap<Bytes, usize>>>);
@@ -143,7 +127,7 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_bit_in_a_request_body_is_data_loss_and_never_runs() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("request body"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("request body"))
         .await
         .unwrap();
     let payload = b"request body payload";
@@ -172,7 +156,7 @@ async fn a_flipped_bit_in_a_request_body_is_data_loss_and_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_bit_in_a_request_header_closes_that_connection_only() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("request header"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("request header"))
         .await
         .unwrap();
     let first = b"first call";
@@ -240,7 +224,7 @@ async fn a_flipped_bit_in_a_request_header_closes_that_connection_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_bit_in_a_response_body_is_data_loss_maybe_executed() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("response body"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("response body"))
         .await
         .unwrap();
     let payload = b"response body payload";
@@ -257,7 +241,7 @@ async fn a_flipped_bit_in_a_response_body_is_data_loss_maybe_executed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_calls_through_random_bit_flips_never_return_a_wrong_value() {
-    let seed = seed("random flips");
+    let seed = support::chaos_seed("random flips");
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
     let proxy = Proxy::start(server.local_addr(), seed).await.unwrap();
     // About one flipped byte per 20,000: a few hundred calls hit, each direction.
@@ -329,7 +313,7 @@ async fn ten_thousand_calls_through_random_bit_flips_never_return_a_wrong_value(
 /// learns, truthfully, that its call never ran: NOT_EXECUTED.
 async fn blackhole(direction: Direction, outcome: Outcome, bound: Duration) {
     let (server, runs) = counting_server(HEARTBEAT).await;
-    let proxy = Proxy::start(server.local_addr(), seed("blackhole"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("blackhole"))
         .await
         .unwrap();
     let channel = channel(proxy.local_addr(), HEARTBEAT);
@@ -387,23 +371,6 @@ async fn a_blackhole_towards_the_client_is_detected_within_the_heartbeat_bound()
     .await;
 }
 
-/// The echo example, built by `cargo test` next to this test.
-fn echo_example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("echo");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` without target filters",
-        path.display()
-    );
-    path
-}
-
 /// `Echo.sleep`'s arguments, as the example's typed client would encode them.
 fn sleep_args(millis: u64) -> Bytes {
     use keel::PayloadCodec;
@@ -414,7 +381,7 @@ fn sleep_args(millis: u64) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_fails_pending_calls_at_once_and_a_restart_serves_again() {
-    let mut server = ServerProcess::start(echo_example(), Vec::<String>::new())
+    let mut server = ServerProcess::start(support::echo_example(), Vec::<String>::new())
         .await
         .unwrap();
     let channel = channel(server.addr(), Duration::from_secs(1));
@@ -453,7 +420,7 @@ async fn a_killed_server_fails_pending_calls_at_once_and_a_restart_serves_again(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_is_detected_by_heartbeat_and_recovers_on_sigcont() {
-    let server = ServerProcess::start(echo_example(), Vec::<String>::new())
+    let server = ServerProcess::start(support::echo_example(), Vec::<String>::new())
         .await
         .unwrap();
     let heartbeat = Duration::from_millis(200);
@@ -484,9 +451,12 @@ async fn a_stopped_server_is_detected_by_heartbeat_and_recovers_on_sigcont() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_and_slicing_keep_every_call_correct_and_deadlines_exact() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("latency and slicing"))
-        .await
-        .unwrap();
+    let proxy = Proxy::start(
+        server.local_addr(),
+        support::chaos_seed("latency and slicing"),
+    )
+    .await
+    .unwrap();
     let latency = Duration::from_millis(40);
     let faults = Faults::none()
         .latency(latency, Duration::from_millis(10))
@@ -538,9 +508,12 @@ async fn latency_and_slicing_keep_every_call_correct_and_deadlines_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_at_every_byte_of_a_call_ends_it_with_a_true_outcome() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("reset at every byte"))
-        .await
-        .unwrap();
+    let proxy = Proxy::start(
+        server.local_addr(),
+        support::chaos_seed("reset at every byte"),
+    )
+    .await
+    .unwrap();
     let upto_request = client_preamble() + echo_request_len(b"call 0000") + 4;
     let upto_response = server_preamble() + response_len(b"call 0000") + 4;
     let cases = (0..upto_request)
@@ -618,7 +591,7 @@ async fn a_reset_at_every_byte_of_a_call_ends_it_with_a_true_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_through_the_proxy_loses_no_call() {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed("drain"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("drain"))
         .await
         .unwrap();
     proxy.set_faults(
@@ -694,7 +667,7 @@ fn resident_kib() -> u64 {
 #[ignore = "a 5-minute soak; run it by name"]
 async fn soak_mixed_faults_at_steady_load() {
     use rand::{Rng, SeedableRng};
-    let seed = seed("soak");
+    let seed = support::chaos_seed("soak");
     let secs: u64 = std::env::var("KEEL_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -36,30 +36,6 @@ impl Runs {
     }
 }
 
-fn seed(name: &str) -> u64 {
-    std::env::var("KEEL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| name.bytes().map(u64::from).sum())
-}
-
-/// The echo example, built by `cargo test` next to this test.
-fn echo_example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples")
-        .join("echo");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` without target filters, or `cargo build --example echo`",
-        path.display()
-    );
-    path
-}
-
 fn args<T: serde::Serialize>(value: T) -> Bytes {
     CODEC.encode(&(value,)).unwrap()
 }
@@ -76,7 +52,7 @@ fn stop_reason(err: &Error) -> Option<StopReason> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_calls_all_succeed_across_a_killed_and_restarted_server() {
-    let mut server = ServerProcess::start(echo_example(), Vec::<String>::new())
+    let mut server = ServerProcess::start(support::echo_example(), Vec::<String>::new())
         .await
         .unwrap();
     let channel = Channel::builder(server.addr())
@@ -136,7 +112,7 @@ async fn non_idempotent_calls_across_a_kill_run_at_most_once_and_unsent_ones_wai
     let journal = std::env::temp_dir().join(format!("keel-journal-{}", std::process::id()));
     let _ = std::fs::remove_file(&journal);
     let mut server = ServerProcess::start(
-        echo_example(),
+        support::echo_example(),
         ["--journal".into(), journal.clone().into_os_string()],
     )
     .await
@@ -228,7 +204,7 @@ async fn with_the_dedupe_window_a_lost_response_is_retried_and_runs_once() {
         .bind("127.0.0.1:0")
         .await
         .unwrap();
-    let proxy = Proxy::start(server.local_addr(), seed("dedupe"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("dedupe"))
         .await
         .unwrap();
     let channel = Channel::builder(proxy.local_addr())
@@ -272,7 +248,7 @@ async fn with_the_dedupe_window_a_lost_response_is_retried_and_runs_once() {
     );
 
     // Without dedupe the same loss is MAYBE_EXECUTED and is not retried.
-    let other = Proxy::start(server.local_addr(), seed("no dedupe"))
+    let other = Proxy::start(server.local_addr(), support::chaos_seed("no dedupe"))
         .await
         .unwrap();
     let plain = Channel::builder(other.local_addr())
@@ -327,7 +303,9 @@ async fn a_drain_with_calls_queued_retries_them_transparently_each_once() {
     };
     let old = server(true).bind("127.0.0.1:0").await.unwrap();
     let new = server(false).bind("127.0.0.1:0").await.unwrap();
-    let proxy = Proxy::start(old.local_addr(), seed("drain")).await.unwrap();
+    let proxy = Proxy::start(old.local_addr(), support::chaos_seed("drain"))
+        .await
+        .unwrap();
     let channel = Channel::builder(proxy.local_addr()).build();
     let calls: Vec<_> = (0..10u32)
         .map(|i| {
@@ -412,7 +390,7 @@ async fn a_failing_server_under_load_gets_retries_only_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_down_for_5_s_under_load_is_reconnected_with_backoff_and_no_call_is_lost() {
     let server = support::start(support::echo_builder()).await;
-    let proxy = Proxy::start(server.local_addr(), seed("down 5 s"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("down 5 s"))
         .await
         .unwrap();
     let channel = Channel::builder(proxy.local_addr()).build();
@@ -564,7 +542,7 @@ async fn hedging_bounds_latency_when_the_first_connection_stalls() {
         .bind("127.0.0.1:0")
         .await
         .unwrap();
-    let proxy = Proxy::start(server.local_addr(), seed("hedge"))
+    let proxy = Proxy::start(server.local_addr(), support::chaos_seed("hedge"))
         .await
         .unwrap();
     let hedge_after = Duration::from_millis(50);
@@ -806,7 +784,9 @@ async fn a_dedupe_retry_never_goes_to_a_server_that_cannot_deduplicate_it() {
         ("restarted", restarted.local_addr()),
         ("no window", plain.local_addr()),
     ] {
-        let proxy = Proxy::start(first.local_addr(), seed(name)).await.unwrap();
+        let proxy = Proxy::start(first.local_addr(), support::chaos_seed(name))
+            .await
+            .unwrap();
         let channel = Channel::builder(proxy.local_addr())
             .heartbeat_interval(Duration::from_millis(100))
             .build();
@@ -846,127 +826,4 @@ async fn a_dedupe_retry_never_goes_to_a_server_that_cannot_deduplicate_it() {
             "{name}: ran once, on the first server"
         );
     }
-}
-
-/// Records every event's fields as `name=value` strings.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<HashMap<String, String>>>>);
-
-impl Events {
-    fn with_message(&self, message: &str) -> Vec<HashMap<String, String>> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.get("message").map(String::as_str) == Some(message))
-            .cloned()
-            .collect()
-    }
-}
-
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl tracing::Subscriber for Events {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = HashMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(fields);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn retries_hedges_spent_budgets_and_reconnects_are_tracing_events() {
-    let events = Events::default();
-    let _guard = tracing::subscriber::set_default(events.clone());
-    let server = Server::builder()
-        .register(
-            "Sick.call",
-            |_ctx: CallContext, _payload: Bytes| async move {
-                Err(Status::new(StatusCode::UNAVAILABLE, "down"))
-            },
-        )
-        .register(
-            "Slow.first",
-            |ctx: CallContext, payload: Bytes| async move {
-                if ctx.attempt() == 1 {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-                Ok(payload)
-            },
-        )
-        .build()
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    let idempotent = || CallOptions::new().idempotent(true);
-    let channel = Channel::builder(server.local_addr())
-        .hedge_policy(HedgePolicy::after(Duration::from_millis(20)))
-        .build();
-    channel
-        .call("Sick.call", Bytes::new(), idempotent())
-        .await
-        .unwrap_err();
-    let retries = events.with_message("retrying");
-    assert_eq!(retries.len(), 2, "{retries:?}");
-    assert_eq!(retries[0]["method"], "Sick.call");
-    assert_eq!(retries[0]["attempt"], "2");
-    assert_eq!(retries[1]["attempt"], "3");
-    assert_eq!(retries[0]["outcome"], "EXECUTED");
-
-    channel
-        .call("Slow.first", Bytes::new(), idempotent())
-        .await
-        .unwrap();
-    let hedges = events.with_message("hedging");
-    assert_eq!(hedges.len(), 1, "{hedges:?}");
-    assert_eq!(hedges[0]["method"], "Slow.first");
-    assert_eq!(hedges[0]["attempt"], "2");
-
-    let broke = Channel::builder(server.local_addr())
-        .retry_budget(keel::RetryBudget::new().min_per_sec(0).percent(0.0))
-        .build();
-    broke
-        .call("Sick.call", Bytes::new(), idempotent())
-        .await
-        .unwrap_err();
-    let spent = events.with_message("retry budget exhausted");
-    assert_eq!(spent.len(), 1, "{spent:?}");
-    assert_eq!(spent[0]["method"], "Sick.call");
-    assert_eq!(spent[0]["outcome"], "EXECUTED");
-    server.shutdown().await;
-
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = unused.local_addr().unwrap();
-    drop(unused);
-    let down = Channel::builder(addr).build();
-    down.call(
-        "Sick.call",
-        Bytes::new(),
-        CallOptions::new().timeout(Duration::from_millis(400)),
-    )
-    .await
-    .unwrap_err();
-    let failed = events.with_message("connect failed");
-    assert!((2..=5).contains(&failed.len()), "{failed:?}");
-    assert_eq!(failed[0]["attempt"], "1");
-    assert_eq!(failed[0]["addr"], addr.to_string());
 }

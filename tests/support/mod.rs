@@ -179,3 +179,36 @@ pub async fn fake_server(
     });
     addr
 }
+
+/// The seed for this test's randomness: `KEEL_CHAOS_SEED`, or the clock. Printed for replay.
+pub fn chaos_seed(test: &str) -> u64 {
+    let seed = std::env::var("KEEL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos();
+            u64::from(nanos)
+        });
+    println!("{test}: KEEL_CHAOS_SEED={seed}");
+    seed
+}
+
+/// The echo example, built by `cargo test` next to this test.
+pub fn echo_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("echo");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` without target filters, or `cargo build --example echo`",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,139 @@
+//! The client's fault handling is observable: every retry, hedge, spent budget and failed
+//! connection attempt is a `tracing` event with its fields. A binary of its own, with the
+//! subscriber installed as the global default before anything runs: `tracing` caches per call
+//! site whether anyone listens, and a call site first reached by a concurrent test could be
+//! cached as unheard by a thread-local subscriber.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel::{Bytes, CallContext, CallOptions, Channel, HedgePolicy, Server, Status, StatusCode};
+
+/// Records every event's fields as `name=value` strings.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<HashMap<String, String>>>>);
+
+impl Events {
+    fn with_message(&self, message: &str) -> Vec<HashMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.get("message").map(String::as_str) == Some(message))
+            .cloned()
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().push(fields);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn retries_hedges_spent_budgets_and_reconnects_are_tracing_events() {
+    let events = Events::default();
+    tracing::subscriber::set_global_default(events.clone()).unwrap();
+    let server = Server::builder()
+        .register(
+            "Sick.call",
+            |_ctx: CallContext, _payload: Bytes| async move {
+                Err(Status::new(StatusCode::UNAVAILABLE, "down"))
+            },
+        )
+        .register(
+            "Slow.first",
+            |ctx: CallContext, payload: Bytes| async move {
+                if ctx.attempt() == 1 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Ok(payload)
+            },
+        )
+        .build()
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let idempotent = || CallOptions::new().idempotent(true);
+    let channel = Channel::builder(server.local_addr())
+        .hedge_policy(HedgePolicy::after(Duration::from_millis(20)))
+        .build();
+    channel
+        .call("Sick.call", Bytes::new(), idempotent())
+        .await
+        .unwrap_err();
+    let retries = events.with_message("retrying");
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    assert_eq!(retries[0]["method"], "Sick.call");
+    assert_eq!(retries[0]["attempt"], "2");
+    assert_eq!(retries[1]["attempt"], "3");
+    assert_eq!(retries[0]["outcome"], "EXECUTED");
+
+    let started = std::time::Instant::now();
+    channel
+        .call("Slow.first", Bytes::new(), idempotent())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the hedge answered"
+    );
+    let hedges = events.with_message("hedging");
+    assert_eq!(hedges.len(), 1, "{hedges:?}");
+    assert_eq!(hedges[0]["method"], "Slow.first");
+    assert_eq!(hedges[0]["attempt"], "2");
+
+    let broke = Channel::builder(server.local_addr())
+        .retry_budget(keel::RetryBudget::new().min_per_sec(0).percent(0.0))
+        .build();
+    broke
+        .call("Sick.call", Bytes::new(), idempotent())
+        .await
+        .unwrap_err();
+    let spent = events.with_message("retry budget exhausted");
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0]["method"], "Sick.call");
+    assert_eq!(spent[0]["outcome"], "EXECUTED");
+    server.shutdown().await;
+
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let down = Channel::builder(addr).build();
+    down.call(
+        "Sick.call",
+        Bytes::new(),
+        CallOptions::new().timeout(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap_err();
+    let failed = events.with_message("connect failed");
+    assert!((2..=5).contains(&failed.len()), "{failed:?}");
+    assert_eq!(failed[0]["attempt"], "1");
+    assert_eq!(failed[0]["addr"], addr.to_string());
+}
