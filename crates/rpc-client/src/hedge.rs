@@ -69,14 +69,15 @@ impl<S: CallService> CallService for Hedge<S> {
         let second = self.inner.call(backup);
         tokio::pin!(second);
         // The first success wins; dropping the other attempt withdraws it (CANCEL on the wire).
+        // When both fail, the call's outcome is the less safe of the two.
         tokio::select! {
             result = &mut first => match result {
                 Ok(reply) => Ok(reply),
-                Err(_) => second.await,
+                Err(err) => second.await.map_err(|e| e.after_attempts(err.outcome())),
             },
             result = &mut second => match result {
                 Ok(reply) => Ok(reply),
-                Err(_) => first.await,
+                Err(err) => first.await.map_err(|e| e.after_attempts(err.outcome())),
             },
         }
     }

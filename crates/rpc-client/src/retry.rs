@@ -138,6 +138,23 @@ impl<S: CallService> CallService for Retry<S> {
                 return self.inner.call(attempt).await;
             }
         };
+        // The call's outcome is the least safe of its attempts'.
+        let mut outcome = Outcome::NotSent;
+        self.attempts(attempt, policy, &mut outcome)
+            .await
+            .map_err(|err| err.after_attempts(outcome))
+    }
+}
+
+impl<S: CallService> Retry<S> {
+    /// Makes attempts until one succeeds or the rules say stop; `outcome` collects the outcomes
+    /// of the failed ones.
+    async fn attempts(
+        &self,
+        mut attempt: Attempt,
+        policy: &RetryPolicy,
+        outcome: &mut Outcome,
+    ) -> Result<Reply, Error> {
         let mut counted: u32 = 1;
         let mut not_sent: u32 = 0;
         let mut not_executed_retried = false;
@@ -147,6 +164,7 @@ impl<S: CallService> CallService for Retry<S> {
                 Ok(reply) => return Ok(reply),
                 Err(err) => err,
             };
+            *outcome = outcome.combine(err.outcome());
             if let Some(previous) = previous.take() {
                 if err.has_cause::<crate::send::NoDedupeWindow>() {
                     return Err(stopped(previous, StopReason::NoDedupeWindow));
@@ -362,6 +380,24 @@ mod tests {
             .and_then(|c| c.downcast_ref::<RetryStopped>())
             .unwrap();
         assert!(matches!(cause.reason(), StopReason::NoTimeLeft { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_may_have_run_never_ends_looking_unsent() {
+        // A maybe-run attempt, then retries that never leave.
+        let script = vec![
+            failure(UNAVAILABLE, Outcome::MaybeExecuted),
+            failure(UNAVAILABLE, Outcome::NotSent),
+            failure(StatusCode::INVALID_ARGUMENT, Outcome::NotSent),
+        ];
+        let retry = layer(script, None);
+        let err = retry
+            .call(attempt(true, Duration::from_secs(60)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), StatusCode::INVALID_ARGUMENT);
+        assert_eq!(err.outcome(), Outcome::MaybeExecuted);
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]

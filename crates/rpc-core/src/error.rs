@@ -68,6 +68,19 @@ impl Error {
         self
     }
 
+    /// This error as the failure of a whole call whose earlier attempts ended `earlier`: the same
+    /// status, the combined outcome ([`Outcome::combine`]), and this error as the cause when the
+    /// outcome changed. A retry that was never sent must not make a call that may have run look
+    /// unsent.
+    #[must_use]
+    pub fn after_attempts(self, earlier: Outcome) -> Self {
+        let outcome = self.outcome().combine(earlier);
+        if outcome == self.outcome() {
+            return self;
+        }
+        Self::new(self.status().clone(), outcome).with_source(self)
+    }
+
     /// The status: code, message and metadata.
     #[must_use]
     pub fn status(&self) -> &Status {

@@ -70,6 +70,20 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a call made of several attempts (retries, hedges): the least safe of
+    /// theirs. A call of which one attempt may have run may have run, whatever the later attempts
+    /// say.
+    ///
+    /// ```
+    /// use rpc_core::Outcome;
+    /// assert_eq!(Outcome::MaybeExecuted.combine(Outcome::NotSent), Outcome::MaybeExecuted);
+    /// assert_eq!(Outcome::NotSent.combine(Outcome::NotExecuted), Outcome::NotExecuted);
+    /// ```
+    #[must_use]
+    pub fn combine(self, other: Self) -> Self {
+        self.max(other)
+    }
+
     /// The outcome's name as docs/PROTOCOL.md writes it, e.g. `NOT_EXECUTED`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
