@@ -27,14 +27,11 @@ use tracing::{debug, warn};
 
 use crate::handler::HandlerResult;
 
-/// Request metadata key: an opaque id of 1 to [`MAX_REQUEST_ID_LEN`] bytes, the same on every
-/// attempt of one logical call, by which the dedupe window recognises a retry. Only its first
-/// value counts.
-pub const REQUEST_ID_KEY: &str = "rpc-request-id";
-
-/// Response metadata key, value `1`: the response carries the result of an execution started by
-/// an earlier request with the same id (recorded, or shared while it ran), not one of its own.
-pub const REPLAYED_KEY: &str = "rpc-replayed";
+/// The metadata keys of the window, defined once in rpc-core: [`REQUEST_ID_KEY`] on a REQUEST (an
+/// opaque id, the same on every attempt of one call; only its first value counts), and
+/// [`REPLAYED_KEY`] (`1`) on a RESPONSE carrying the result of an execution an earlier request
+/// started.
+pub use rpc_core::metadata::{REPLAYED_KEY, REQUEST_ID_KEY};
 
 /// The longest [`REQUEST_ID_KEY`] value accepted, in bytes; an empty or longer one is refused
 /// with INVALID_ARGUMENT and NOT_EXECUTED.
