@@ -827,3 +827,59 @@ async fn a_dedupe_retry_never_goes_to_a_server_that_cannot_deduplicate_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_cannot_get_a_second_connection_goes_on_the_first() {
+    let server = Server::builder()
+        .register("Echo.echo", |ctx: CallContext, payload: Bytes| async move {
+            // The first attempt stalls in the server; any later one answers at once.
+            if ctx.attempt() == 1 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ok(payload)
+        })
+        .build()
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        server.local_addr(),
+        support::chaos_seed("hedge, one connection"),
+    )
+    .await
+    .unwrap();
+    let channel = Channel::builder(proxy.local_addr())
+        .hedge_policy(HedgePolicy::after(Duration::from_millis(30)))
+        .build();
+    // Opens the connection (attempt 1 stalls, so the call ends at its deadline).
+    let warm_up = CallOptions::new().timeout(Duration::from_millis(50));
+    channel
+        .call("Echo.echo", Bytes::new(), warm_up)
+        .await
+        .unwrap_err();
+    // No second connection can be made: the hedge must not wait for one.
+    proxy.refuse_new(true);
+    let started = Instant::now();
+    let reply = channel
+        .call(
+            "Echo.echo",
+            Bytes::from_static(b"x"),
+            CallOptions::new()
+                .idempotent(true)
+                .timeout(Duration::from_secs(3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, "x");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "the connection, and one refused attempt at a second"
+    );
+    server.shutdown().await;
+}
