@@ -333,7 +333,9 @@ async fn handlers_see_deadline_metadata_and_peer() {
     let server = start(Server::builder().register(
         "Ctx.describe",
         |ctx: CallContext, _payload: Bytes| async move {
-            let left = ctx.deadline().map(|d| d.remaining(Instant::now()));
+            let left = ctx
+                .deadline()
+                .map(|d| d.remaining(tokio::time::Instant::now()));
             let ok = left
                 .is_some_and(|l| l <= Duration::from_millis(500) && l > Duration::from_millis(300))
                 && ctx.metadata().get_str("tenant") == Some("acme")

@@ -161,9 +161,13 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
         took < Duration::from_secs(1),
         "shutdown took {took:?}, the calls needed 300 ms"
     );
-    // The listener is gone: a new call cannot connect, and says so.
+    // The listener is gone: a new call cannot connect, and says so at its (short) deadline.
     let err = channel
-        .call("Slow.nap", Bytes::new(), CallOptions::new())
+        .call(
+            "Slow.nap",
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -250,7 +254,11 @@ async fn a_failed_connect_is_not_sent() {
     drop(listener);
     let channel = Channel::builder(addr).build();
     let err = channel
-        .call("Echo.echo", Bytes::new(), CallOptions::new())
+        .call(
+            "Echo.echo",
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_millis(300)),
+        )
         .await
         .unwrap_err();
     assert_eq!(

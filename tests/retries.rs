@@ -721,7 +721,7 @@ async fn each_attempt_carries_its_number_and_the_remaining_deadline() {
         .register("Flaky.once", move |ctx: CallContext, payload: Bytes| {
             let left = ctx
                 .deadline()
-                .map(|d| d.remaining(std::time::Instant::now()))
+                .map(|d| d.remaining(tokio::time::Instant::now()))
                 .unwrap_or_default();
             record.lock().unwrap().push((ctx.attempt(), left));
             let first = ctx.attempt() == 1;

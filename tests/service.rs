@@ -71,9 +71,9 @@ impl Store for MemoryStore {
 
     async fn whoami(&self) -> (String, bool, Option<u64>) {
         keel::server::context::with_current(|ctx| {
-            let left = ctx
-                .deadline()
-                .map(|d| u64::try_from(d.remaining(Instant::now()).as_millis()).unwrap());
+            let left = ctx.deadline().map(|d| {
+                u64::try_from(d.remaining(keel::core::Instant::now()).as_millis()).unwrap()
+            });
             let idempotent = ctx.idempotency() == keel::Idempotency::Idempotent;
             (ctx.method().to_owned(), idempotent, left)
         })

@@ -40,7 +40,7 @@ impl<S: CallService> CallService for Hedge<S> {
             return self.inner.call(attempt).await;
         };
         let hedge_at = tokio::time::Instant::now() + delay;
-        if hedge_at.into_std() >= attempt.deadline.instant() {
+        if hedge_at >= attempt.deadline.instant() {
             return self.inner.call(attempt).await;
         }
         let first = self.inner.call(attempt.clone());

@@ -178,7 +178,7 @@ impl Pool {
                     tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
                 }
             }
-            let at = Instant::from_std(deadline.instant());
+            let at = deadline.instant();
             if tokio::time::timeout_at(at, changed).await.is_err() {
                 let state = self.inner.lock();
                 // A known connection failure is the more useful status: the server is down.

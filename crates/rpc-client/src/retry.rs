@@ -210,7 +210,7 @@ impl<S: CallService> Retry<S> {
             } else {
                 None
             };
-            let remaining = attempt.deadline.remaining(std::time::Instant::now());
+            let remaining = attempt.deadline.remaining(tokio::time::Instant::now());
             if step != Step::NotSent {
                 let needed = delay + self.latency.average(attempt.method.as_str());
                 if needed >= remaining {
@@ -489,8 +489,7 @@ mod tests {
         assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
     }
 
-    // Real time: deadlines are std instants.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
         let script = (0..5)
             .map(|_| failure(UNAVAILABLE, Outcome::Executed))
@@ -500,15 +499,17 @@ mod tests {
         retry
             .latency
             .record("S.m", Duration::from_millis(120), true);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = retry
             .call(attempt(true, Duration::from_millis(300)))
             .await
             .unwrap_err();
+        // Paused time: exact. Two 120 ms attempts and the backoff between them fit in 300 ms; a
+        // third would not, so it never starts.
+        let took = started.elapsed();
         assert!(
-            started.elapsed() <= Duration::from_millis(300),
-            "{:?}",
-            started.elapsed()
+            took >= Duration::from_millis(240) && took <= Duration::from_millis(300),
+            "{took:?}"
         );
         let cause = std::error::Error::source(&err)
             .and_then(|c| c.downcast_ref::<RetryStopped>())

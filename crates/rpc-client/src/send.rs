@@ -38,7 +38,7 @@ impl CallService for Dispatch {
             )
             .with_source(NoDedupeWindow));
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         if attempt.deadline.is_expired(now) {
             return Err(deadline_exceeded(Outcome::NotSent));
         }
@@ -125,8 +125,7 @@ async fn send_and_wait(
         commands: &conn.commands,
         armed: true,
     };
-    let at = tokio::time::Instant::from_std(deadline.instant());
-    let result = match tokio::time::timeout_at(at, response).await {
+    let result = match tokio::time::timeout_at(deadline.instant(), response).await {
         Ok(Ok(result)) => result,
         Ok(Err(_closed)) => Err(Error::from_code(
             StatusCode::UNAVAILABLE,

@@ -1,8 +1,8 @@
 //! A deadline as it travels on the wire: the remaining budget in microseconds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rpc_core::Deadline;
+use rpc_core::{Deadline, Instant};
 
 /// The remaining time budget a REQUEST carries, in whole microseconds.
 ///

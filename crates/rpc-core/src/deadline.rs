@@ -1,18 +1,23 @@
 //! Deadlines: an absolute instant locally, a relative budget on the wire.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The clock deadlines are measured on: tokio's, the one the runtimes' timers use, so a test on
+/// tokio's paused clock drives deadlines too. Outside a runtime with a paused clock it reads the
+/// same as [`std::time::Instant`]; convert one with [`Instant::from_std`].
+pub use tokio::time::Instant;
 
 /// The instant by which a call must complete.
 ///
-/// Locally a deadline is an absolute [`Instant`], so every layer (retries, hedges, the server's
+/// Locally a deadline is an absolute [`Instant`] on tokio's clock, so every layer (retries, hedges, the server's
 /// handler) measures against the same point. On the wire it travels as the *remaining budget*, a
 /// relative duration, so the two hosts' clocks never need to agree: the receiver adds the budget to
 /// its own clock on arrival (see docs/PROTOCOL.md, "Deadlines"). Time spent in flight is not
 /// subtracted, so the server's view of the deadline is at most one one-way latency late.
 ///
 /// ```
-/// use std::time::{Duration, Instant};
-/// use rpc_core::Deadline;
+/// use std::time::Duration;
+/// use rpc_core::{Deadline, Instant};
 /// let now = Instant::now();
 /// let deadline = Deadline::after(now, Duration::from_millis(300));
 /// assert_eq!(deadline.remaining(now + Duration::from_millis(100)), Duration::from_millis(200));

@@ -41,7 +41,7 @@ mod payload;
 mod status;
 
 pub use context::CallContext;
-pub use deadline::Deadline;
+pub use deadline::{Deadline, Instant};
 pub use error::{BoxError, Error};
 pub use metadata::{Metadata, MetadataError, MetadataKey};
 pub use outcome::{Idempotency, Outcome};

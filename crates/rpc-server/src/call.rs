@@ -187,7 +187,7 @@ async fn until<T>(
     expired: impl FnOnce() -> T,
 ) -> T {
     match deadline {
-        Some(deadline) => tokio::time::timeout_at(to_tokio(deadline), run)
+        Some(deadline) => tokio::time::timeout_at(deadline.instant(), run)
             .await
             .unwrap_or_else(|_| expired()),
         None => run.await,
@@ -222,8 +222,4 @@ fn panicked(call_id: u64, panic: &(dyn std::any::Any + Send)) -> Status {
         .unwrap_or_default();
     tracing::error!(call_id, panic = %what, "handler panicked");
     Status::new(StatusCode::INTERNAL, "handler panicked")
-}
-
-fn to_tokio(deadline: Deadline) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(deadline.instant())
 }

@@ -290,7 +290,7 @@ impl Connection {
                 .map(|request_id| (Arc::clone(table), request_id.clone())),
             _ => None,
         };
-        let now = Instant::now().into_std();
+        let now = Instant::now();
         let deadline = request.budget.deadline_from(now);
         let ctx = CallContext::new(request.method.as_str())
             .with_call_id(id)
