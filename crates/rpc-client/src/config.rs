@@ -152,7 +152,7 @@ impl ChannelBuilder {
     }
 
     /// The retry policy of calls that set none. Default [`RetryPolicy::default`]: 3 attempts,
-    /// UNAVAILABLE, 50 ms ×2 up to 2 s with full jitter.
+    /// UNAVAILABLE and DATA_LOSS, 50 ms ×2 up to 2 s with full jitter.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = Some(policy);
         self

@@ -122,10 +122,16 @@ pub const MAX_ATTEMPTS_CAP: u32 = 5;
 /// - NOT_SENT: tried again for every method until the deadline; not counted as an attempt and not
 ///   charged to the retry budget (nothing reached a server). The wait is the channel's
 ///   connection wait: the reconnect backoff.
-/// - NOT_EXECUTED: tried again once for every method, on another connection, not counted and not
-///   charged (the server did no work). A second NOT_EXECUTED is an ordinary retry.
+/// - NOT_EXECUTED: tried again once for every method and whatever the status (the server did no
+///   work: a corrupt request it refused, a full server, a drain), on another connection, not
+///   counted and not charged. A second NOT_EXECUTED is an ordinary retry.
 /// - EXECUTED and MAYBE_EXECUTED: tried again only for idempotent methods (and MAYBE_EXECUTED
 ///   also with [`CallOptions::dedupe`](crate::CallOptions::dedupe)), counted and charged.
+///
+/// Apart from that one free NOT_EXECUTED retry, only the statuses the policy names are retried:
+/// by default UNAVAILABLE (connection lost, server draining or down) and DATA_LOSS (a frame
+/// failed its checksum: corruption is what a retry recovers from). DEADLINE_EXCEEDED never is:
+/// the call's one deadline has passed.
 ///
 /// ```
 /// use rpc_client::RetryPolicy;
@@ -134,6 +140,7 @@ pub const MAX_ATTEMPTS_CAP: u32 = 5;
 /// let policy = RetryPolicy::new().max_attempts(4).retry_on(StatusCode::RESOURCE_EXHAUSTED);
 /// assert_eq!(policy.attempts(), 4);
 /// assert!(policy.retries(StatusCode::UNAVAILABLE));
+/// assert!(policy.retries(StatusCode::DATA_LOSS));
 /// assert!(!policy.retries(StatusCode::INTERNAL));
 /// ```
 #[derive(Clone, Debug, PartialEq)]
@@ -149,13 +156,13 @@ impl Default for RetryPolicy {
         Self {
             max_attempts: 3,
             backoff: Backoff::retry_default(),
-            statuses: vec![StatusCode::UNAVAILABLE],
+            statuses: vec![StatusCode::UNAVAILABLE, StatusCode::DATA_LOSS],
         }
     }
 }
 
 impl RetryPolicy {
-    /// Defaults: 3 attempts, [`Backoff::retry_default`], retry on UNAVAILABLE.
+    /// Defaults: 3 attempts, [`Backoff::retry_default`], retry on UNAVAILABLE and DATA_LOSS.
     pub fn new() -> Self {
         Self::default()
     }
@@ -182,7 +189,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Retry exactly these statuses (default: UNAVAILABLE only).
+    /// Retry exactly these statuses (default: UNAVAILABLE and DATA_LOSS). The first NOT_EXECUTED
+    /// failure of a call is retried whatever its status (see the type's documentation).
     pub fn retryable_statuses(mut self, codes: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = codes.into_iter().collect();
         self

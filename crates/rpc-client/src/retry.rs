@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_core::{BoxError, Error, Idempotency, Outcome};
+use rpc_core::{BoxError, Error, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tracing::{debug, warn};
 
@@ -93,14 +93,19 @@ enum Step {
 }
 
 /// The retry-safety rule applied to one failure. Safety comes from
-/// [`Outcome::permits_retry`] alone; the policy only says whether the status is worth retrying.
+/// [`Outcome::permits_retry`] alone. The first NOT_EXECUTED failure is retried by that rule
+/// whatever its status (the server did no work: a corrupt request, a full server, a drain are all
+/// worth one more try elsewhere); every other step also needs a status the policy names.
+/// DEADLINE_EXCEEDED is never retried: it reports the call's one deadline, which the server's
+/// copy never precedes.
 fn classify(
     policy: &RetryPolicy,
     err: &Error,
     idempotency: Idempotency,
     not_executed_retried: bool,
 ) -> Step {
-    if !policy.retries(err.code()) || !err.outcome().permits_retry(idempotency) {
+    let outcome = err.outcome();
+    if !outcome.permits_retry(idempotency) || err.code() == StatusCode::DEADLINE_EXCEEDED {
         return Step::Stop;
     }
     if err.has_cause::<crate::pool::NoConnection>()
@@ -109,9 +114,10 @@ fn classify(
         // The connection wait already ran to its end (deadline or fail-fast).
         return Step::Stop;
     }
-    match err.outcome() {
-        Outcome::NotSent => Step::NotSent,
+    match outcome {
         Outcome::NotExecuted if !not_executed_retried => Step::NotExecutedOnce,
+        _ if !policy.retries(err.code()) => Step::Stop,
+        Outcome::NotSent => Step::NotSent,
         _ => Step::Counted,
     }
 }
@@ -450,6 +456,64 @@ mod tests {
             Some(&Some(1)),
             "the free retry avoids connection 1"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_executed_is_retried_once_whatever_its_status() {
+        // A corrupt request the server refused before dispatch: safe for any method.
+        for code in [
+            StatusCode::DATA_LOSS,
+            StatusCode::RESOURCE_EXHAUSTED,
+            StatusCode::INTERNAL,
+        ] {
+            let retry = layer(
+                vec![
+                    failure(code, Outcome::NotExecuted),
+                    failure(code, Outcome::NotExecuted),
+                ],
+                None,
+            );
+            let mut a = attempt(false, Duration::from_secs(60));
+            a.retry = RetryChoice::Policy(Arc::new(
+                RetryPolicy::new().retryable_statuses([StatusCode::UNAVAILABLE]),
+            ));
+            let err = retry.call(a).await.unwrap_err();
+            // The free retry, then the second NOT_EXECUTED is an ordinary one: not this status.
+            assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2, "{code}");
+            assert_eq!((err.code(), err.outcome()), (code, Outcome::NotExecuted));
+        }
+        // A server-side expiry is the call's own deadline: never retried.
+        let retry = layer(
+            vec![failure(StatusCode::DEADLINE_EXCEEDED, Outcome::NotExecuted)],
+            None,
+        );
+        retry
+            .call(attempt(false, Duration::from_secs(60)))
+            .await
+            .unwrap_err();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_loss_is_retried_by_default_for_idempotent_calls_only() {
+        // A corrupted response: the call ran, maybe; an idempotent one is simply asked again.
+        let corrupt = || vec![failure(StatusCode::DATA_LOSS, Outcome::MaybeExecuted)];
+        let retry = layer(corrupt(), None);
+        retry
+            .call(attempt(true, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 2);
+        let retry = layer(corrupt(), None);
+        let err = retry
+            .call(attempt(false, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (StatusCode::DATA_LOSS, Outcome::MaybeExecuted)
+        );
+        assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
