@@ -883,3 +883,70 @@ async fn a_hedge_that_cannot_get_a_second_connection_goes_on_the_first() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_fast_channel_reconnects_to_a_restarted_server_within_one_backoff_step() {
+    let mut server = ServerProcess::start(support::echo_example(), Vec::<String>::new())
+        .await
+        .unwrap();
+    // No jitter, so the test knows when each connection attempt is due.
+    let backoff = keel::client::Backoff::new(
+        Duration::from_millis(100),
+        1.6,
+        Duration::from_secs(10),
+        keel::client::Jitter::None,
+    );
+    let channel = Channel::builder(server.addr())
+        .wait_for_ready(false)
+        .reconnect_backoff(backoff)
+        .build();
+    let echo = |i: u32| {
+        let channel = channel.clone();
+        async move {
+            let options = CallOptions::new().timeout(Duration::from_millis(500));
+            let sent = args(Bytes::from(format!("call {i}")));
+            channel.call("Echo.echo_bytes", sent, options).await
+        }
+    };
+    echo(0).await.unwrap();
+    server.kill().await.unwrap();
+    let killed = Instant::now();
+    // Fail-fast calls every 10 ms while the server is down and after it is back.
+    let mut i = 1;
+    let mut restarted_at = None;
+    let first_success = loop {
+        if restarted_at.is_none() && killed.elapsed() >= Duration::from_millis(300) {
+            server.restart().await.unwrap();
+            restarted_at = Some(killed.elapsed());
+        }
+        let result = echo(i).await;
+        i += 1;
+        match result {
+            Ok(_) if restarted_at.is_some() => break killed.elapsed(),
+            Ok(_) => panic!("a call succeeded while the server was down"),
+            Err(err) => assert_eq!(
+                (err.code(), err.outcome()),
+                (StatusCode::UNAVAILABLE, Outcome::NotSent),
+                "{err:?}"
+            ),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no call succeeded within 5 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Attempts follow the backoff from the kill: 0, 100, 260, 516, 926 ms... The first attempt
+    // due after the restart connects; allow 100 ms for the connection and the call.
+    let restarted_at = restarted_at.unwrap();
+    let mut due = Duration::ZERO;
+    let mut step = 0;
+    while due < restarted_at {
+        due += backoff.ceiling(step);
+        step += 1;
+    }
+    assert!(
+        first_success <= due + Duration::from_millis(100),
+        "back at {restarted_at:?}, attempt due at {due:?}, first success at {first_success:?}"
+    );
+}

@@ -170,12 +170,15 @@ impl Pool {
                 if let Some(conn) = state.pick(avoid, max) {
                     return Ok(conn);
                 }
-                if !wait_for_ready && state.last_failure.is_some() {
-                    return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
-                }
+                // Before a fail-fast return too: the connector stops when nobody waits after a
+                // failed attempt, and only a call starts it again (its next attempt still waits
+                // for the backoff).
                 if !state.connector_running {
                     state.connector_running = true;
                     tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
+                }
+                if !wait_for_ready && state.last_failure.is_some() {
+                    return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
                 }
             }
             let at = deadline.instant();
@@ -224,17 +227,18 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-/// Connects until the pool has the connections it wants. Stops when it has them, when nobody
-/// waits any more after a failed attempt (the next call starts it again, still within the
-/// backoff), or when the channel is gone.
+/// Connects until the pool has the connections it wants. Stops when it has them, when a
+/// connection attempt failed and nobody waits for a connection (the next call starts it again:
+/// a fail-fast call that fails at once still does, so its channel reconnects, one attempt per
+/// backoff step while calls come), or when the channel is gone. Each attempt waits for the
+/// backoff first.
 async fn run_connector(pool: Weak<PoolInner>) {
     loop {
         let (addr, config, not_before, id) = {
             let Some(inner) = pool.upgrade() else { return };
             let mut state = inner.lock();
             state.prune();
-            let idle_after_failure = state.waiting == 0 && state.last_failure.is_some();
-            if state.connections.len() >= state.wanted || idle_after_failure {
+            if state.connections.len() >= state.wanted {
                 state.wanted = 1;
                 state.connector_running = false;
                 return;
@@ -276,6 +280,13 @@ async fn run_connector(pool: Weak<PoolInner>) {
                         "connect failed"
                     );
                     state.last_failure = Some(err);
+                    if state.waiting == 0 {
+                        state.wanted = 1;
+                        state.connector_running = false;
+                        drop(state);
+                        inner.changed.notify_waiters();
+                        return;
+                    }
                 }
             }
         }
