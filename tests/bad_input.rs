@@ -422,3 +422,163 @@ fn every_runtime_row_of_the_bad_input_table_names_a_test_that_exists() {
     }
     assert!(checked >= 14, "only {checked} end-to-end tests named");
 }
+
+/// A frame's bytes as a peer may send them, valid or not: the 24-byte header with both CRCs,
+/// then `body`.
+fn raw_frame(kind: u8, call_id: u64, body: &[u8]) -> Vec<u8> {
+    let mut header = BytesMut::new();
+    header.put_u32(u32::try_from(body.len()).unwrap());
+    header.put_u8(kind);
+    header.put_u8(0);
+    header.put_u16(0);
+    header.put_u64(call_id);
+    header.put_u32(crc32fast::hash(body));
+    let crc = crc32fast::hash(&header);
+    header.put_u32(crc);
+    header.extend_from_slice(body);
+    header.to_vec()
+}
+
+/// A server played by hand for one connection: it reads the client's preface and HELLO, answers
+/// with `answer` (raw bytes), then returns every frame the client sends until it closes.
+async fn raw_server(
+    answer: Vec<u8>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<Frame>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::Decoder;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut io, _) = listener.accept().await.unwrap();
+        let mut decoder = keel::codec::FrameDecoder::new(keel::codec::Role::Server);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut answered = false;
+        let read = async {
+            loop {
+                while let Ok(Some(Ok(frame))) = decoder.decode(&mut buf) {
+                    frames.push(frame);
+                }
+                if !answered && frames.iter().any(|f| matches!(f, Frame::Hello(_))) {
+                    io.write_all(&answer).await.unwrap();
+                    answered = true;
+                }
+                if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the client closed the connection within 5 s");
+        frames
+    });
+    (addr, task)
+}
+
+/// HELLO_ACK body: `version`, then the settings as (id, value) pairs.
+fn hello_ack_body(version: u16, settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_u16(version);
+    body.put_u16(u16::try_from(settings.len()).unwrap());
+    for &(id, value) in settings {
+        body.put_u16(id);
+        body.put_u32(value);
+    }
+    body.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_answers_a_bad_handshake_with_the_documented_goaway() {
+    let with_preface = |frame: Vec<u8>| [&MAGIC[..], &frame].concat();
+    let cases = [
+        (
+            "HELLO_ACK choosing version 2",
+            with_preface(raw_frame(0x02, 0, &hello_ack_body(2, &[]))),
+            GoAwayCode::UNSUPPORTED_VERSION,
+        ),
+        (
+            "HELLO_ACK with MAX_FRAME_SIZE twice",
+            with_preface(raw_frame(
+                0x02,
+                0,
+                &hello_ack_body(1, &[(1, 65_536), (1, 65_536)]),
+            )),
+            GoAwayCode::PROTOCOL_ERROR,
+        ),
+        (
+            "a PING before the HELLO_ACK",
+            with_preface(raw_frame(0x06, 0, b"12345678")),
+            GoAwayCode::PROTOCOL_ERROR,
+        ),
+    ];
+    for (case, answer, code) in cases {
+        let (addr, server) = raw_server(answer).await;
+        let channel = Channel::builder(addr).wait_for_ready(false).build();
+        let err = channel
+            .call("Echo.echo", Bytes::new(), CallOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome()),
+            (StatusCode::UNAVAILABLE, Outcome::NotSent),
+            "{case}"
+        );
+        drop(channel);
+        let frames = server.await.unwrap();
+        let goaways: Vec<&GoAway> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::GoAway(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(goaways.as_slice(), [g] if g.code == code && g.last_call_id == 0),
+            "{case}: the client sent {frames:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_speak_keel_fails_calls_at_once() {
+    let (addr, server) =
+        raw_server(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n".to_vec()).await;
+    // Wait-for-ready, with a long deadline: a configuration error must not spend it.
+    let channel = Channel::builder(addr).build();
+    let started = Instant::now();
+    let err = channel
+        .call(
+            "Echo.echo",
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "the peer at {addr} does not speak keel protocol v1"
+        )),
+        "{err}"
+    );
+    let cause = std::error::Error::source(&err)
+        .and_then(|c| c.downcast_ref::<keel::client::NoConnection>())
+        .and_then(keel::client::NoConnection::last_failure)
+        .expect("a NoConnection cause with the failed attempt");
+    assert!(cause.is_incompatible_peer(), "{cause:?}");
+    drop(channel);
+    let frames = server.await.unwrap();
+    assert!(
+        matches!(frames.last(), Some(Frame::GoAway(g)) if g.code == GoAwayCode::PROTOCOL_ERROR),
+        "{frames:?}"
+    );
+}

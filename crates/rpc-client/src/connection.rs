@@ -48,6 +48,16 @@ pub enum ConnectionError {
         /// Why.
         source: Arc<std::io::Error>,
     },
+    /// The peer is not a keel v1 server: its first bytes are not the keel preface, or it speaks
+    /// no protocol version this client speaks. A configuration error, not a passing failure:
+    /// calls fail at once instead of waiting for a reconnect (the channel still reconnects with
+    /// backoff, in case the address starts serving keel).
+    IncompatiblePeer {
+        /// The address.
+        addr: SocketAddr,
+        /// What the handshake saw.
+        source: Arc<HandshakeError>,
+    },
     /// The handshake failed.
     Handshake {
         /// The address.
@@ -86,6 +96,9 @@ impl std::fmt::Display for ConnectionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Connect { addr, .. } => write!(f, "could not connect to {addr}"),
+            Self::IncompatiblePeer { addr, .. } => {
+                write!(f, "the peer at {addr} does not speak keel protocol v1")
+            }
             Self::Handshake { addr, .. } => write!(f, "handshake with {addr} failed"),
             Self::Closed => f.write_str("the server closed the connection"),
             Self::Io(_) => f.write_str("the connection failed"),
@@ -107,11 +120,22 @@ impl std::fmt::Display for ConnectionError {
     }
 }
 
+impl ConnectionError {
+    /// Whether the failure says the address is misconfigured (not a keel v1 server) rather than
+    /// briefly unavailable.
+    #[must_use]
+    pub fn is_incompatible_peer(&self) -> bool {
+        matches!(self, Self::IncompatiblePeer { .. })
+    }
+}
+
 impl std::error::Error for ConnectionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect { source, .. } | Self::Io(source) => Some(&**source),
-            Self::Handshake { source, .. } => Some(&**source),
+            Self::Handshake { source, .. } | Self::IncompatiblePeer { source, .. } => {
+                Some(&**source)
+            }
             Self::Protocol(source) => Some(&**source),
             Self::Closed
             | Self::HeartbeatTimeout { .. }
@@ -188,9 +212,19 @@ pub(crate) async fn connect(
         left,
     )
     .await
-    .map_err(|source| ConnectionError::Handshake {
-        addr,
-        source: Arc::new(source),
+    .map_err(|source| {
+        let incompatible = matches!(
+            source,
+            HandshakeError::Protocol(
+                DecodeError::BadMagic { .. } | DecodeError::UnsupportedVersion { .. }
+            )
+        );
+        let source = Arc::new(source);
+        if incompatible {
+            ConnectionError::IncompatiblePeer { addr, source }
+        } else {
+            ConnectionError::Handshake { addr, source }
+        }
     })?;
     let heartbeat = local.negotiated_heartbeat(&ack.settings);
     let (commands, receiver) = mpsc::unbounded_channel();

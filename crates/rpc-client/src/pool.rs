@@ -3,7 +3,9 @@
 //!
 //! One connector task per pool runs while connections are wanted and missing. Calls that find no
 //! usable connection wait for it within their deadline (wait-for-ready), or fail at once with
-//! UNAVAILABLE, NOT_SENT while connecting fails (fail-fast). The connector paces its attempts by
+//! UNAVAILABLE, NOT_SENT while connecting fails (fail-fast). When the address answers but is not a
+//! keel v1 server (bad preface, no common version), every call fails at once, whatever its
+//! wait-for-ready setting: that is a configuration error, not a passing failure. The connector paces its attempts by
 //! the reconnect backoff, so a server that is down sees one connection attempt per backoff step
 //! from a channel however many calls wait: no tight loop, no storm. The backoff starts again
 //! after a successful handshake.
@@ -177,7 +179,13 @@ impl Pool {
                     state.connector_running = true;
                     tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
                 }
-                if !wait_for_ready && state.last_failure.is_some() {
+                // A peer that is not a keel server is a configuration error: waiting for a
+                // reconnect would only spend the deadline.
+                let incompatible = state
+                    .last_failure
+                    .as_ref()
+                    .is_some_and(ConnectionError::is_incompatible_peer);
+                if incompatible || (!wait_for_ready && state.last_failure.is_some()) {
                     return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
                 }
             }

@@ -96,7 +96,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Client side: sends our preface and HELLO, then waits for HELLO_ACK (or GOAWAY).
+/// Client side: sends our preface and HELLO, then waits for HELLO_ACK (or GOAWAY). When the
+/// server breaks the protocol (bad preface, a HELLO_ACK with another version or a repeated
+/// setting, any other frame first) or stays silent past `timeout`, it sends GOAWAY with the
+/// matching code (`PROTOCOL_ERROR`, `UNSUPPORTED_VERSION`, `CHECKSUM_ERROR`, `HANDSHAKE_TIMEOUT`)
+/// before returning, best effort, as docs/PROTOCOL.md §2.2 and §15 ask.
 ///
 /// # Errors
 /// [`HandshakeError`]; the caller closes the connection.
@@ -126,10 +130,29 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             Err(err) => Err(HandshakeError::Protocol(err)),
         }
     };
-    tokio::time::timeout(timeout, exchange)
+    let result = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| HandshakeError::Timeout(timeout))?
+        .unwrap_or(Err(HandshakeError::Timeout(timeout)));
+    let goaway = match &result {
+        Err(HandshakeError::Protocol(err)) => {
+            Some(GoAway::new(0, err.go_away_code(), err.to_string()))
+        }
+        Err(HandshakeError::Timeout(after)) => Some(GoAway::new(
+            0,
+            GoAwayCode::HANDSHAKE_TIMEOUT,
+            format!("no HELLO_ACK within {after:?}"),
+        )),
+        _ => None,
+    };
+    if let Some(goaway) = goaway {
+        // Best effort, and never a reason to wait: the connection is closed next.
+        let _ = tokio::time::timeout(GOAWAY_LINGER, send_goaway(io, encoder, goaway)).await;
+    }
+    result
 }
+
+/// How long a failed handshake spends trying to deliver its GOAWAY.
+const GOAWAY_LINGER: Duration = Duration::from_millis(100);
 
 /// Writes a GOAWAY (with our preface, if not yet sent) and flushes it. Best effort: the caller is
 /// about to close anyway.
