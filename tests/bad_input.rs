@@ -582,3 +582,41 @@ async fn a_peer_that_does_not_speak_keel_fails_calls_at_once() {
         "{frames:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_a_1_ms_heartbeat_is_pinged_at_the_minimum_and_kept_alive() {
+    let server = start(echo_builder()).await;
+    let settings = Settings {
+        heartbeat_interval_ms: 1,
+        ..Settings::default()
+    };
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), settings).await;
+    // Answer every PING for 1 s, sending nothing else: the server's only traffic is its PINGs.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        let item = tokio::time::timeout_at(until, raw.recv()).await;
+        match item {
+            Err(_elapsed) => break,
+            Ok(Ok(Some(Ok(Frame::Ping(ping))))) => {
+                pings += 1;
+                raw.send(Frame::Pong(ping.pong())).await;
+            }
+            Ok(other) => panic!("the server sent {other:?} to a peer answering every PING"),
+        }
+    }
+    // One PING per 100 ms of silence (the minimum), not one per millisecond.
+    assert!((5..=11).contains(&pings), "{pings} PINGs in 1 s");
+    // Still open and serving.
+    raw.send(echo(1, b"alive")).await;
+    loop {
+        match raw.recv().await.unwrap().unwrap() {
+            Ok(Frame::Ping(ping)) => raw.send(Frame::Pong(ping.pong())).await,
+            Ok(Frame::Response(r)) => {
+                assert_eq!((r.call_id, r.payload.as_ref()), (1, &b"alive"[..]));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -100,7 +100,8 @@ impl ChannelBuilder {
     }
 
     /// The heartbeat interval announced to servers; the connection uses the smaller of ours and
-    /// the server's. A PING goes out after this long without a frame from the server. Default 10 s.
+    /// the server's, at least 100 ms (`rpc_codec::MIN_HEARTBEAT_INTERVAL_MS`). A PING goes out
+    /// after this long without a frame from the server. Default 10 s.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.config.heartbeat_interval = interval;
         self

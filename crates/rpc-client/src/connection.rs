@@ -24,7 +24,9 @@ use rpc_codec::{
     Response, Role, Settings,
 };
 use rpc_core::{Error, Outcome, Status, StatusCode};
-use rpc_transport::{HandshakeError, WriteQueue, handshake, poll_fill, poll_timer};
+use rpc_transport::{
+    Beat, HandshakeError, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
@@ -226,7 +228,9 @@ pub(crate) async fn connect(
             ConnectionError::Handshake { addr, source }
         }
     })?;
-    let heartbeat = local.negotiated_heartbeat(&ack.settings);
+    let heartbeat = local
+        .negotiated_heartbeat(&ack.settings)
+        .map(|interval| Heartbeat::new(interval, config.dead_after_intervals, Instant::now()));
     let (commands, receiver) = mpsc::unbounded_channel();
     let usable = Arc::new(AtomicBool::new(true));
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -244,9 +248,7 @@ pub(crate) async fn connect(
         usable: Arc::clone(&usable),
         in_flight: Arc::clone(&in_flight),
         heartbeat,
-        dead_after: heartbeat.map(|i| i * config.dead_after_intervals.max(2)),
-        last_recv: Instant::now(),
-        last_ping: Instant::now(),
+        pings_sent: 0,
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         goaway_last: None,
         deferred: false,
@@ -288,11 +290,9 @@ struct Connection {
     last_call_id: u64,
     usable: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
-    heartbeat: Option<Duration>,
-    dead_after: Option<Duration>,
-    last_recv: Instant,
-    /// When the last PING went out.
-    last_ping: Instant,
+    heartbeat: Option<Heartbeat>,
+    /// PINGs sent so far: each PING's opaque bytes are its number.
+    pings_sent: u64,
     timer: Pin<Box<Sleep>>,
     /// The lowest last call id of the GOAWAYs received.
     goaway_last: Option<u64>,
@@ -563,7 +563,9 @@ impl Connection {
                     return true;
                 }
                 Poll::Ready(Ok(_)) => {
-                    self.last_recv = Instant::now();
+                    if let Some(heartbeat) = &mut self.heartbeat {
+                        heartbeat.received(Instant::now());
+                    }
                     progress = true;
                 }
                 Poll::Ready(Err(err)) => {
@@ -577,33 +579,28 @@ impl Connection {
 
     /// PING after an interval of silence; dead after the bound. Returns when to look again.
     fn check_heartbeat(&mut self, now: Instant) -> Option<Instant> {
-        let (Some(interval), Some(dead_after)) = (self.heartbeat, self.dead_after) else {
-            return None;
-        };
         if self.end.is_some() {
             return None;
         }
-        let silent_for = now.duration_since(self.last_recv);
-        if silent_for >= dead_after {
-            self.fail(
-                ConnectionError::HeartbeatTimeout { silent_for },
-                GoAwayCode::HEARTBEAT_TIMEOUT,
-            );
-            return None;
+        match self.heartbeat.as_mut()?.poll(now) {
+            Beat::Dead { silent_for } => {
+                self.fail(
+                    ConnectionError::HeartbeatTimeout { silent_for },
+                    GoAwayCode::HEARTBEAT_TIMEOUT,
+                );
+                return None;
+            }
+            Beat::Ping => self.send_ping(),
+            Beat::Idle => {}
         }
-        // A PING after each interval of silence, repeated while it lasts.
-        let ping_at = self.last_recv.max(self.last_ping) + interval;
-        let next_ping = if now >= ping_at {
-            let opaque = u64::try_from(silent_for.as_nanos())
-                .unwrap_or_default()
-                .to_be_bytes();
-            let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
-            self.last_ping = now;
-            now + interval
-        } else {
-            ping_at
-        };
-        Some(next_ping.min(self.last_recv + dead_after))
+        self.heartbeat.as_ref().map(Heartbeat::next_due)
+    }
+
+    /// Queues a PING behind every frame queued so far, numbered by the count of PINGs sent.
+    fn send_ping(&mut self) {
+        self.pings_sent += 1;
+        let opaque = self.pings_sent.to_be_bytes();
+        let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
     }
 }
 

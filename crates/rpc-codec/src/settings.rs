@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_FRAME_SIZE: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 100;
 /// Default HEARTBEAT_INTERVAL_MS: 10 000 (10 s).
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u32 = 10_000;
+/// The smallest heartbeat interval a connection uses: a smaller announced HEARTBEAT_INTERVAL_MS
+/// is raised to it, so a peer announcing 1 ms cannot make the other PING a thousand times a
+/// second, nor have itself declared dead after a scheduling hiccup.
+pub const MIN_HEARTBEAT_INTERVAL_MS: u32 = 100;
 
 /// What a peer announces about itself. A setting missing from a handshake frame takes its default;
 /// an id this version does not know is ignored, so new settings need no new version.
@@ -71,8 +75,19 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The heartbeat interval the two peers use: the smaller non-zero interval, or `None` when
-    /// both announced 0.
+    /// The heartbeat interval the two peers use: the smaller non-zero interval, raised to
+    /// [`MIN_HEARTBEAT_INTERVAL_MS`]; `None` when both announced 0.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use rpc_codec::Settings;
+    /// let ours = Settings { heartbeat_interval_ms: 10_000, ..Settings::default() };
+    /// let eager = Settings { heartbeat_interval_ms: 1, ..Settings::default() };
+    /// assert_eq!(ours.negotiated_heartbeat(&eager), Some(Duration::from_millis(100)));
+    /// let none = Settings { heartbeat_interval_ms: 0, ..Settings::default() };
+    /// assert_eq!(none.negotiated_heartbeat(&none), None);
+    /// assert_eq!(none.negotiated_heartbeat(&ours), Some(Duration::from_secs(10)));
+    /// ```
     #[must_use]
     pub fn negotiated_heartbeat(&self, peer: &Self) -> Option<Duration> {
         let ms = match (self.heartbeat_interval_ms, peer.heartbeat_interval_ms) {
@@ -80,7 +95,9 @@ impl Settings {
             (0, x) | (x, 0) => x,
             (a, b) => a.min(b),
         };
-        Some(Duration::from_millis(u64::from(ms)))
+        Some(Duration::from_millis(u64::from(
+            ms.max(MIN_HEARTBEAT_INTERVAL_MS),
+        )))
     }
 
     /// The entries sent: the four limits always, DEDUPE_INSTANCE when non-zero.

@@ -28,7 +28,7 @@ use rpc_codec::{
     Request, Response, Role,
 };
 use rpc_core::{CallContext, Idempotency, Status, StatusCode};
-use rpc_transport::{WriteQueue, handshake, poll_fill, poll_timer};
+use rpc_transport::{Beat, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -103,7 +103,9 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    let heartbeat = local.negotiated_heartbeat(&hello.settings);
+    let heartbeat = local.negotiated_heartbeat(&hello.settings).map(|interval| {
+        Heartbeat::new(interval, shared.config.dead_after_intervals, Instant::now())
+    });
     let connection = Connection {
         io,
         read_buf,
@@ -114,9 +116,6 @@ pub(crate) async fn serve_connection(
         shared: Arc::clone(&shared),
         peer,
         heartbeat,
-        dead_after: heartbeat.map(|i| i * shared.config.dead_after_intervals.max(2)),
-        last_recv: Instant::now(),
-        last_ping: Instant::now(),
         pings_sent: 0,
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         drain: Box::pin(drain.cancelled_owned()),
@@ -161,11 +160,7 @@ struct Connection {
     running: HashMap<u64, RunningCall>,
     shared: Arc<Shared>,
     peer: SocketAddr,
-    heartbeat: Option<Duration>,
-    dead_after: Option<Duration>,
-    last_recv: Instant,
-    /// When the last PING went out.
-    last_ping: Instant,
+    heartbeat: Option<Heartbeat>,
     /// PINGs sent so far: each PING's opaque bytes.
     pings_sent: u64,
     timer: Pin<Box<Sleep>>,
@@ -224,7 +219,11 @@ impl Connection {
                     self.phase = Phase::Closed;
                     return true;
                 }
-                Poll::Ready(Ok(_)) => self.last_recv = Instant::now(),
+                Poll::Ready(Ok(_)) => {
+                    if let Some(heartbeat) = &mut self.heartbeat {
+                        heartbeat.received(Instant::now());
+                    }
+                }
                 Poll::Ready(Err(err)) => {
                     debug!(peer = %self.peer, error = %err, "read failed");
                     self.phase = Phase::Closed;
@@ -483,29 +482,24 @@ impl Connection {
     fn check_timers(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut due = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
-        if let (Some(interval), Some(dead_after)) = (self.heartbeat, self.dead_after) {
-            if !matches!(self.phase, Phase::Closing { .. } | Phase::Closed) {
-                let dead_at = self.last_recv + dead_after;
-                if now >= dead_at {
-                    debug!(peer = %self.peer, "client silent past the dead bound; closing");
+        let open = !matches!(self.phase, Phase::Closing { .. } | Phase::Closed);
+        if let Some(heartbeat) = self.heartbeat.as_mut().filter(|_| open) {
+            match heartbeat.poll(now) {
+                Beat::Dead { silent_for } => {
+                    debug!(peer = %self.peer, ?silent_for, "client silent past the dead bound; closing");
                     let last = self.decoder.last_request_id();
                     self.close(GoAway::new(
                         last,
                         GoAwayCode::HEARTBEAT_TIMEOUT,
                         "no frames within the heartbeat bound",
                     ));
-                } else {
-                    due(dead_at);
-                    // A PING after each interval of silence, repeated while it lasts.
-                    let ping_at = self.last_recv.max(self.last_ping) + interval;
-                    if now >= ping_at {
+                }
+                beat => {
+                    due(heartbeat.next_due());
+                    if beat == Beat::Ping {
                         self.pings_sent += 1;
                         let opaque = self.pings_sent.to_be_bytes();
                         let _ = self.queue.push(&Frame::Ping(Ping { opaque }));
-                        self.last_ping = now;
-                        due(now + interval);
-                    } else {
-                        due(ping_at);
                     }
                 }
             }

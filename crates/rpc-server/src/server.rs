@@ -49,8 +49,9 @@ impl ServerBuilder {
     }
 
     /// The heartbeat interval announced to clients; the connection uses the smaller of ours and
-    /// the client's. A PING goes out after this long without a frame. Default 10 s. Zero asks for
-    /// no heartbeat.
+    /// the client's, at least 100 ms (`rpc_codec::MIN_HEARTBEAT_INTERVAL_MS`: a client announcing
+    /// less gets 100 ms). A PING goes out after this long without a frame. Default 10 s. Zero asks
+    /// for no heartbeat.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.config.heartbeat_interval = interval;
         self

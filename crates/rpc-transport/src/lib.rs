@@ -1,6 +1,6 @@
 //! Connection plumbing shared by keel's server and client: the [`WriteQueue`] that batches
-//! outbound frames, the handshake I/O both sides perform, and the small polling helpers of their
-//! connection loops.
+//! outbound frames, the handshake I/O both sides perform, the [`Heartbeat`] both keep, and the
+//! small polling helpers of their connection loops.
 //!
 //! Internal to keel; its API follows the runtimes' needs, not a user's.
 //!
@@ -22,9 +22,11 @@
 #![warn(missing_docs)]
 
 pub mod handshake;
+mod heartbeat;
 mod poll;
 mod write_queue;
 
 pub use handshake::HandshakeError;
+pub use heartbeat::{Beat, Heartbeat, MIN_HEARTBEAT_INTERVAL};
 pub use poll::{poll_fill, poll_timer};
 pub use write_queue::WriteQueue;
