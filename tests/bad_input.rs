@@ -620,3 +620,77 @@ async fn a_peer_announcing_a_1_ms_heartbeat_is_pinged_at_the_minimum_and_kept_al
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pong_overtakes_responses_queued_for_a_peer_that_stopped_reading() {
+    const BIG: usize = 256 * 1024;
+    let ran = Counter::default();
+    let count = ran.clone();
+    let server = start(echo_builder().register(
+        "Echo.big",
+        move |_ctx: CallContext, _payload: Bytes| {
+            count.bump();
+            async move { Ok(Bytes::from(vec![7u8; BIG])) }
+        },
+    ))
+    .await;
+    // A small receive window, so little of the 20 MiB of responses fits in the kernel's buffers
+    // and most of it waits in the server's write queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let io = socket.connect(server.local_addr()).await.unwrap();
+    let mut raw = RawClient {
+        io,
+        decoder: keel::codec::FrameDecoder::new(keel::codec::Role::Client),
+        encoder: keel::codec::FrameEncoder::new(),
+        buf: BytesMut::new(),
+    };
+    raw.send(Frame::Hello(keel::codec::Hello::new(Settings::default())))
+        .await;
+    match raw.recv().await.unwrap() {
+        Some(Ok(Frame::HelloAck(ack))) => raw.encoder.set_peer_settings(ack.settings),
+        other => panic!("{other:?}"),
+    }
+    // 80 calls whose 256 KiB responses the client does not read yet.
+    let mut bytes = BytesMut::new();
+    for id in 1..=80 {
+        let request = Request::new(id, MethodName::from_static("Echo.big"), Bytes::new());
+        raw.encoder
+            .encode(Frame::Request(request), &mut bytes)
+            .unwrap();
+    }
+    raw.send_raw(&bytes).await;
+    assert!(support::eventually(Duration::from_secs(5), || ran.get() == 80).await);
+    // Let the responses reach the write queue. (Were they late, the PONG would only have an
+    // easier race: this wait makes the test sharper, never flaky.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw.send(Frame::Ping(keel::codec::Ping {
+        opaque: *b"stopped?",
+    }))
+    .await;
+    let mut before_pong = None;
+    let mut responses = 0;
+    while responses < 80 || before_pong.is_none() {
+        match raw.recv().await.unwrap() {
+            Some(Ok(Frame::Pong(p))) => {
+                assert_eq!(&p.opaque, b"stopped?");
+                before_pong = Some(responses);
+            }
+            Some(Ok(Frame::Response(r))) => {
+                assert_eq!(r.payload.len(), BIG);
+                responses += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Only what the kernel had already taken (Linux's default send buffer is at most 4 MiB, plus
+    // the 64 KiB window: some 17 responses) and the rest of the frame being written may go first;
+    // before the fix, all 80 did. Half of them is the bound, for kernels that buffer more.
+    let before_pong = before_pong.unwrap();
+    println!("{before_pong} of 80 responses arrived before the PONG");
+    assert!(
+        before_pong <= 40,
+        "the PONG came after {before_pong} of the 80 queued responses"
+    );
+    server.shutdown().await;
+}

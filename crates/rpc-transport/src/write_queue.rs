@@ -17,21 +17,37 @@ const COPY_LIMIT: usize = 8 * 1024;
 /// Most slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
 
+/// Small frames are coalesced into chunks of about this size: an urgent frame can enter a batch
+/// being written only between chunks, so this bounds how much of a batch it waits behind.
+const CHUNK_LIMIT: usize = 64 * 1024;
+
+/// A run of bytes to write, and whether a frame ends where it ends (an urgent frame may only go
+/// in after a chunk that ends one).
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    ends_frame: bool,
+}
+
 /// The frames a connection has to write, in batches.
 ///
 /// Frames pushed while a batch is being written wait in the *next* batch, so many small frames
-/// leave in one write call. Urgent frames (PONGs) go at the front of the next batch, ahead of every
-/// frame queued before them that has not started. Each batch has a sequence number, so the owner
-/// can tell which frames cannot have left yet ([`WriteQueue::started_through`]): that is how a
-/// client knows a request was NOT_SENT.
+/// leave in one write call. Urgent frames (PONGs) go ahead of every frame that has not started:
+/// into the batch being written at the next frame boundary (small frames are coalesced in chunks
+/// of at most 64 KiB plus one frame, so that is where boundaries are seen), or at the front of the
+/// next batch. Only bytes the transport already took and the rest of the frame being written go
+/// first. Each batch has a sequence number, so the owner can tell which frames cannot have left
+/// yet ([`WriteQueue::started_through`]): that is how a client knows a request was NOT_SENT.
 #[derive(Debug)]
 pub struct WriteQueue {
     encoder: FrameEncoder,
     /// The batch being written.
-    current: VecDeque<Bytes>,
+    current: VecDeque<Chunk>,
     current_seq: u64,
+    /// Whether the next byte to write starts a frame.
+    at_frame_start: bool,
     /// Frames for the next batch: small ones coalesced in `staging`, large payloads as chunks.
-    next: VecDeque<Bytes>,
+    next: VecDeque<Chunk>,
     staging: BytesMut,
     urgent: BytesMut,
 }
@@ -44,6 +60,7 @@ impl WriteQueue {
             encoder,
             current: VecDeque::new(),
             current_seq: 0,
+            at_frame_start: true,
             next: VecDeque::new(),
             staging: BytesMut::with_capacity(8 * 1024),
             urgent: BytesMut::new(),
@@ -62,10 +79,19 @@ impl WriteQueue {
     pub fn push(&mut self, frame: &Frame) -> Result<u64, EncodeError> {
         let payload = self.encoder.encode_head(frame, &mut self.staging)?;
         if payload.len() >= COPY_LIMIT {
-            self.next.push_back(self.staging.split().freeze());
-            self.next.push_back(payload);
+            self.next.push_back(Chunk {
+                bytes: self.staging.split().freeze(),
+                ends_frame: false,
+            });
+            self.next.push_back(Chunk {
+                bytes: payload,
+                ends_frame: true,
+            });
         } else {
             self.staging.extend_from_slice(&payload);
+            if self.staging.len() >= CHUNK_LIMIT {
+                self.flush_staging();
+            }
         }
         Ok(self.current_seq + 1)
     }
@@ -106,22 +132,41 @@ impl WriteQueue {
         self.current_seq
     }
 
+    /// Ends the staging chunk (it holds whole frames only).
+    fn flush_staging(&mut self) {
+        if !self.staging.is_empty() {
+            self.next.push_back(Chunk {
+                bytes: self.staging.split().freeze(),
+                ends_frame: true,
+            });
+        }
+    }
+
+    /// Moves urgent frames to the front of the batch being written, if a frame boundary is next.
+    fn take_urgent(&mut self) {
+        if self.at_frame_start && !self.urgent.is_empty() {
+            self.current.push_front(Chunk {
+                bytes: self.urgent.split().freeze(),
+                ends_frame: true,
+            });
+        }
+    }
+
     /// Starts the next batch if the current one is done; false if there is nothing to write.
     fn refill(&mut self) -> bool {
         if !self.current.is_empty() {
+            self.take_urgent();
             return true;
         }
-        if !self.staging.is_empty() {
-            self.next.push_back(self.staging.split().freeze());
-        }
+        self.flush_staging();
         if self.next.is_empty() && self.urgent.is_empty() {
             return false;
         }
-        if !self.urgent.is_empty() {
-            self.current.push_back(self.urgent.split().freeze());
-        }
         self.current.append(&mut self.next);
         self.current_seq += 1;
+        // A finished batch ends at a frame boundary.
+        self.at_frame_start = true;
+        self.take_urgent();
         true
     }
 
@@ -130,11 +175,13 @@ impl WriteQueue {
             let Some(front) = self.current.front_mut() else {
                 return;
             };
-            if n < front.len() {
-                front.advance(n);
+            if n < front.bytes.len() {
+                front.bytes.advance(n);
+                self.at_frame_start = false;
                 return;
             }
-            n -= front.len();
+            n -= front.bytes.len();
+            self.at_frame_start = front.ends_frame;
             self.current.pop_front();
         }
     }
@@ -150,12 +197,20 @@ impl WriteQueue {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         while self.refill() {
+            // With an urgent frame waiting, write only to the end of the frame under way, so it
+            // can go in next.
+            let mut slices_upto = MAX_SLICES;
+            if !self.urgent.is_empty() {
+                if let Some(end) = self.current.iter().position(|chunk| chunk.ends_frame) {
+                    slices_upto = slices_upto.min(end + 1);
+                }
+            }
             let n = {
                 let slices: Vec<IoSlice<'_>> = self
                     .current
                     .iter()
-                    .take(MAX_SLICES)
-                    .map(|chunk| IoSlice::new(chunk))
+                    .take(slices_upto)
+                    .map(|chunk| IoSlice::new(&chunk.bytes))
                     .collect();
                 ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
             };
@@ -320,30 +375,140 @@ mod tests {
         assert_eq!(decode(&io.out), frames);
     }
 
-    #[test]
-    fn urgent_frames_go_ahead_of_unstarted_ones_only() {
-        let mut q = queue();
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: 30,
-            calls: 0,
-        };
+    /// A transport that takes `left` bytes in all, then is full.
+    struct Stalls {
+        out: Vec<u8>,
+        left: usize,
+    }
+
+    impl AsyncWrite for Stalls {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if self.left == 0 {
+                return Poll::Pending;
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.left);
+                self.out.extend_from_slice(&buf[..take]);
+                self.left -= take;
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes `n` bytes of the queue, then finds the transport full.
+    fn write_some(q: &mut WriteQueue, n: usize) -> Vec<u8> {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
+        let mut io = Stalls {
+            out: Vec::new(),
+            left: n,
+        };
+        assert!(q.poll_write(&mut io, &mut cx).is_pending());
+        io.out
+    }
+
+    #[test]
+    fn urgent_frames_go_ahead_of_everything_not_started() {
+        let mut q = queue();
         q.push(&request(1, 40)).unwrap();
-        // Start writing batch 1 (request 1) but do not finish it.
+        // Batch 1 (request 1) is taken by the writer, but not a byte is written.
         let mut pending = Trickle {
             out: Vec::new(),
             max: 0,
             calls: 0,
         };
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
         let _ = q.poll_write(&mut pending, &mut cx);
-        q.refill();
         q.push(&request(2, 5)).unwrap();
         let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
         q.push_urgent(&pong).unwrap();
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: 30,
+            calls: 0,
+        };
         drain(&mut q, &mut io);
-        assert_eq!(decode(&io.out), vec![request(1, 40), pong, request(2, 5)]);
+        assert_eq!(decode(&io.out), vec![pong, request(1, 40), request(2, 5)]);
+    }
+
+    #[test]
+    fn an_urgent_frame_enters_the_batch_being_written_at_the_next_frame_boundary() {
+        let mut q = queue();
+        // Large payloads: each frame is chunks of its own.
+        for id in 1..=3 {
+            q.push(&request(id, 10_000)).unwrap();
+        }
+        let mut out = write_some(&mut q, 5); // inside request 1
+        let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
+        q.push_urgent(&pong).unwrap();
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: 999,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        out.extend_from_slice(&io.out);
+        assert_eq!(
+            decode(&out),
+            vec![
+                request(1, 10_000),
+                pong,
+                request(2, 10_000),
+                request(3, 10_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn small_frames_coalesce_in_bounded_chunks_so_an_urgent_frame_waits_little() {
+        let mut q = queue();
+        let frames: Vec<Frame> = (1..=4000).map(|id| request(id, 20)).collect();
+        for frame in &frames {
+            q.push(frame).unwrap();
+        }
+        let mut out = write_some(&mut q, 10);
+        let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
+        q.push_urgent(&pong).unwrap();
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        out.extend_from_slice(&io.out);
+        let decoded = decode(&out);
+        let at = decoded.iter().position(|f| *f == pong).unwrap();
+        let frame_len = (out.len() - 32) / frames.len();
+        assert!(
+            at * frame_len <= CHUNK_LIMIT + frame_len,
+            "the PONG waited behind {at} frames"
+        );
+        let mut rest = decoded;
+        rest.remove(at);
+        assert_eq!(rest, frames);
     }
 
     #[test]
