@@ -383,7 +383,7 @@ mod tests {
 
     impl AsyncWrite for Stalls {
         fn poll_write(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
