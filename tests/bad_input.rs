@@ -271,8 +271,35 @@ async fn a_flood_of_cancels_for_calls_that_never_ran_closes_the_connection() {
             .unwrap();
     }
     raw.send_raw(&bytes).await;
-    let goaway = expect_goaway_and_close(&mut raw).await;
+    let items = raw.recv_until_closed().await;
+    let goaway = items
+        .iter()
+        .find_map(|item| match item {
+            Ok(Frame::GoAway(g)) => Some(g.clone()),
+            _ => None,
+        })
+        .expect("a GOAWAY before the close");
     assert_eq!(goaway.code, GoAwayCode::TOO_MANY_CANCELS);
+    // Exactly one RESPONSE for every call at or below the last call id (§7), the call whose
+    // CANCEL tripped the limit included: cancelled before it started, so NOT_EXECUTED.
+    let mut answered: Vec<u64> = items
+        .iter()
+        .filter_map(|item| match item {
+            Ok(Frame::Response(r)) => {
+                assert_eq!(
+                    (r.status.code(), r.not_executed),
+                    (StatusCode::CANCELLED, true),
+                    "call {}",
+                    r.call_id
+                );
+                Some(r.call_id)
+            }
+            _ => None,
+        })
+        .collect();
+    answered.sort_unstable();
+    assert!(goaway.last_call_id >= 21, "{goaway:?}");
+    assert_eq!(answered, (1..=goaway.last_call_id).collect::<Vec<_>>());
     assert!(bystander.finish().await > 0);
     server.shutdown().await;
 }

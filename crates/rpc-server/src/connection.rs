@@ -468,11 +468,27 @@ impl Connection {
         };
     }
 
-    /// Drops every running call and closes after writing `goaway`.
+    /// Drops every running call and closes after writing `goaway`. Each dropped call still gets
+    /// its one RESPONSE (§7: every call at or below the last call id does): NOT_EXECUTED if its
+    /// handler never started (CANCELLED if the client had cancelled it), else UNAVAILABLE without
+    /// the flag, since the handler did start.
     fn close(&mut self, goaway: GoAway) {
         self.send_goaway(goaway);
         self.calls = FuturesUnordered::new();
-        self.running.clear();
+        for (call_id, call) in std::mem::take(&mut self.running) {
+            let never_started = !call.has_started();
+            let status = if !never_started {
+                Status::new(
+                    StatusCode::UNAVAILABLE,
+                    "the connection closed while the call ran",
+                )
+            } else if call.abort.is_aborted() {
+                Status::new(StatusCode::CANCELLED, "cancelled by the client")
+            } else {
+                Status::new(StatusCode::UNAVAILABLE, "the connection is closing")
+            };
+            self.respond(call_id, Err(status), never_started, false);
+        }
         self.phase = Phase::Closing {
             until: Instant::now() + CLOSE_LINGER,
         };
