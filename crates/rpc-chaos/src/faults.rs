@@ -39,6 +39,7 @@ pub enum DropMode {
 ///     .slice(3, Duration::from_millis(1))
 ///     .flip_bit(100, 0x04)
 ///     .drop_after(4096, DropMode::Reset);
+/// assert!(!Faults::none().partition().is_none());
 /// assert!(!faults.is_none());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,6 +51,7 @@ pub struct Faults {
     pub(crate) slice: Option<(usize, Duration)>,
     pub(crate) drop_after: Option<(u64, DropMode)>,
     pub(crate) blackhole: bool,
+    pub(crate) partition: bool,
     pub(crate) flips: Vec<(u64, u8)>,
     pub(crate) flip_rate: f64,
 }
@@ -66,7 +68,9 @@ impl Faults {
         *self == Self::default()
     }
 
-    /// Delays every chunk by `latency` plus a uniformly random part of `jitter`. Order is kept.
+    /// Delays every chunk by `latency` plus a uniformly random part of `jitter`, drawn from the
+    /// proxy's seeded generator. Order is kept. With neither set, bytes pass at once, with no
+    /// timer on the way.
     pub fn latency(mut self, latency: Duration, jitter: Duration) -> Self {
         self.latency = latency;
         self.jitter = jitter;
@@ -94,9 +98,21 @@ impl Faults {
         self
     }
 
-    /// Stops forwarding: bytes are read and discarded, and both sockets stay open.
+    /// Discards bytes, a broken middlebox: they are read and dropped, both sockets stay open, and
+    /// when the fault is cleared the stream resumes with a gap (which a receiver may see as
+    /// garbage mid-frame). No real network does this to TCP: for a network partition, see
+    /// [`Faults::partition`].
     pub fn blackhole(mut self) -> Self {
         self.blackhole = true;
+        self
+    }
+
+    /// Holds bytes, a network partition: nothing is forwarded this way, bytes wait (in the
+    /// proxy and in the kernel's buffers, so the sender's writes stall once those are full, as
+    /// TCP's flow control does), and when the fault is cleared they are delivered, in order and
+    /// without a gap, as TCP's retransmissions would.
+    pub fn partition(mut self) -> Self {
+        self.partition = true;
         self
     }
 
@@ -107,8 +123,10 @@ impl Faults {
         self
     }
 
-    /// Flips one random bit in each byte with probability `per_byte` (0.0–1.0), drawn from the
-    /// proxy's seeded generator.
+    /// Flips one random bit in each byte with probability `per_byte` (0.0–1.0). Whether a byte is
+    /// flipped, and which bit, is a function of the proxy's seed, the connection's number, the
+    /// direction and the byte's offset alone, so a seed replays the same flips whatever the
+    /// timing. [`Proxy::flips`](crate::Proxy::flips) lists the flips made.
     pub fn flip_random(mut self, per_byte: f64) -> Self {
         self.flip_rate = per_byte.clamp(0.0, 1.0);
         self

@@ -2,9 +2,10 @@
 //!
 //! - [`Proxy`]: a TCP proxy on 127.0.0.1:0 in front of a server that, per direction and per
 //!   connection and while it runs, delays bytes (latency and jitter), limits bandwidth, slices
-//!   writes into tiny pieces, cuts the connection after N bytes (reset or clean close), blackholes
-//!   (keeps the sockets open and forwards nothing), flips chosen bits at chosen offsets or random
-//!   bits at a seeded rate, refuses new connections, and pauses and resumes.
+//!   writes into tiny pieces, cuts the connection after N bytes (reset or clean close), partitions
+//!   (holds bytes and delivers them when it heals, as a network does to TCP) or blackholes (drops
+//!   them, as a broken middlebox does), flips chosen bits at chosen offsets or random bits at a
+//!   seeded rate, refuses new connections, and pauses and resumes.
 //! - [`ServerProcess`]: a server in a child process, to SIGKILL, SIGSTOP (a hung server whose
 //!   sockets stay open), SIGCONT, and restart on the same port.
 //!
@@ -36,4 +37,4 @@ mod proxy;
 
 pub use faults::{Direction, DropMode, Faults};
 pub use process::{ServerProcess, StartError};
-pub use proxy::{ConnectionInfo, Proxy};
+pub use proxy::{ConnectionInfo, Flip, Proxy};

@@ -73,6 +73,24 @@ struct Shared {
     paused: watch::Sender<bool>,
     seed: u64,
     accepted: AtomicU64,
+    flips: Arc<Mutex<Vec<Flip>>>,
+}
+
+/// Random flips [`Proxy::flips`] keeps; later ones are not recorded.
+const MAX_FLIPS_KEPT: usize = 100_000;
+
+/// One random bit flip the proxy made ([`Faults::flip_random`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flip {
+    /// The connection's number ([`ConnectionInfo::id`]).
+    pub connection: u64,
+    /// The direction of the flipped byte.
+    pub direction: Direction,
+    /// The byte's offset in that direction's stream (0 is the first byte the connection carries
+    /// that way).
+    pub offset: u64,
+    /// The bit flipped (XORed into the byte).
+    pub mask: u8,
 }
 
 /// One proxied connection.
@@ -80,9 +98,12 @@ struct Shared {
 struct Link {
     id: u64,
     faults: [Mutex<Faults>; 2],
+    /// Bumped whenever `faults` change, so forwarding that waits on a partition looks again.
+    faults_changed: watch::Sender<()>,
     forwarded: [AtomicU64; 2],
     cut: CancellationToken,
     reset: AtomicBool,
+    flips: Arc<Mutex<Vec<Flip>>>,
 }
 
 /// What the proxy knows about one of its connections.
@@ -103,6 +124,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Link {
+    fn set_faults(&self, direction: Direction, faults: Faults) {
+        *lock(&self.faults[direction.index()]) = faults;
+        self.faults_changed.send_replace(());
+    }
+
+    fn record_flip(&self, direction: Direction, offset: u64, mask: u8) {
+        let mut flips = lock(&self.flips);
+        if flips.len() < MAX_FLIPS_KEPT {
+            flips.push(Flip {
+                connection: self.id,
+                direction,
+                offset,
+                mask,
+            });
+        }
+    }
+
     fn cut(&self, mode: DropMode) {
         if mode == DropMode::Reset {
             self.reset.store(true, Ordering::SeqCst);
@@ -128,6 +166,7 @@ impl Proxy {
             paused: watch::Sender::new(false),
             seed,
             accepted: AtomicU64::new(0),
+            flips: Arc::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         tracing::info!(%local_addr, %upstream, seed, "chaos proxy started");
@@ -159,7 +198,7 @@ impl Proxy {
     pub fn set_faults(&self, direction: Direction, faults: Faults) {
         lock(&self.shared.defaults)[direction.index()] = faults.clone();
         for link in lock(&self.shared.links).iter() {
-            *lock(&link.faults[direction.index()]) = faults.clone();
+            link.set_faults(direction, faults.clone());
         }
     }
 
@@ -170,7 +209,7 @@ impl Proxy {
         let Some(link) = links.iter().find(|l| l.id == id) else {
             return false;
         };
-        *lock(&link.faults[direction.index()]) = faults;
+        link.set_faults(direction, faults);
         true
     }
 
@@ -216,6 +255,14 @@ impl Proxy {
     #[must_use]
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Every random bit flip made so far (the first 100 000), in the order they were made per
+    /// direction of each connection. Which bytes are flipped depends only on the seed, the
+    /// connection's number, the direction and the byte's offset, never on timing.
+    #[must_use]
+    pub fn flips(&self) -> Vec<Flip> {
+        lock(&self.shared.flips).clone()
     }
 
     /// The connections proxied so far, oldest first: every open one and the latest 256 closed.
@@ -269,9 +316,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let link = Arc::new(Link {
                 id,
                 faults: [Mutex::new(to_server), Mutex::new(to_client)],
+                faults_changed: watch::Sender::new(()),
                 forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
                 cut: CancellationToken::new(),
                 reset: AtomicBool::new(false),
+                flips: Arc::clone(&shared.flips),
             });
             {
                 let mut links = lock(&shared.links);
@@ -291,6 +340,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
             let rng = |dir: u64| SmallRng::seed_from_u64(shared.seed ^ (id << 1 | dir));
+            let seed = shared.seed;
             let up = forward(
                 Arc::clone(&link),
                 Direction::ClientToServer,
@@ -298,6 +348,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 server_write,
                 shared.paused.subscribe(),
                 rng(0),
+                seed,
             );
             let down = forward(
                 Arc::clone(&link),
@@ -306,6 +357,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 client_write,
                 shared.paused.subscribe(),
                 rng(1),
+                seed,
             );
             tokio::join!(up, down);
             link.cut.cancel();
@@ -323,6 +375,45 @@ enum Chunk {
     End,
 }
 
+/// Waits until forwarding in this direction may go on: neither the proxy is paused nor the
+/// direction partitioned. `Err` when the proxy is gone.
+async fn wait_until_open(
+    link: &Link,
+    index: usize,
+    paused: &mut watch::Receiver<bool>,
+    changed: &mut watch::Receiver<()>,
+) -> Result<(), watch::error::RecvError> {
+    loop {
+        changed.mark_unchanged();
+        let partitioned = lock(&link.faults[index]).partition;
+        if !*paused.borrow_and_update() && !partitioned {
+            return Ok(());
+        }
+        tokio::select! {
+            changed = paused.changed() => changed?,
+            changed = changed.changed() => changed?,
+        }
+    }
+}
+
+/// Whether `offset` of this direction's stream gets a random flip at `rate`, and which bit: a
+/// function of the seed, the connection, the direction and the offset alone, so a seed replays
+/// the same flips however the bytes were chunked or timed.
+fn random_flip(seed: u64, connection: u64, direction: u64, offset: u64, rate: f64) -> Option<u8> {
+    // SplitMix64 over the four inputs: well mixed, and cheap enough for every byte.
+    let mut z = seed
+        ^ connection.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ direction.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ offset.wrapping_mul(0x1656_67B1_9E37_79F9);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // The top 53 bits as a uniform value in [0, 1); the low 3 bits pick the bit.
+    let uniform = (z >> 11) as f64 / (1u64 << 53) as f64;
+    (uniform < rate).then(|| 1 << (z & 7))
+}
+
 /// One direction of one connection: a reader applying the faults and a writer delivering the
 /// chunks when due, joined by a delay line so latency does not limit throughput.
 async fn forward(
@@ -330,24 +421,31 @@ async fn forward(
     direction: Direction,
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    mut paused: watch::Receiver<bool>,
+    paused: watch::Receiver<bool>,
     mut rng: SmallRng,
+    seed: u64,
 ) {
     let (line, mut arrivals) = mpsc::unbounded_channel();
     let index = direction.index();
     let read = async {
+        let mut paused = paused.clone();
+        let mut changed = link.faults_changed.subscribe();
         let mut buf = vec![0u8; 16 * 1024];
         let mut offset = 0u64;
         let mut last_due = Instant::now();
         loop {
-            if paused.wait_for(|p| !*p).await.is_err() {
+            if wait_until_open(&link, index, &mut paused, &mut changed)
+                .await
+                .is_err()
+            {
                 return;
             }
-            // A pause that starts while a read waits must stop that read too (reads are
-            // cancel-safe: no byte is lost).
+            // A pause or a partition that starts while a read waits must stop that read too
+            // (reads are cancel-safe: no byte is lost).
             let read = tokio::select! {
                 read = from.read(&mut buf) => read,
                 _ = paused.changed() => continue,
+                _ = changed.changed() => continue,
             };
             let n = match read {
                 Ok(0) | Err(_) => {
@@ -380,14 +478,21 @@ async fn forward(
                 }
             }
             if faults.flip_rate > 0.0 {
-                for byte in &mut data {
-                    if rng.random::<f64>() < faults.flip_rate {
-                        *byte ^= 1 << rng.random_range(0..8);
+                for (at, byte) in (start..).zip(data.iter_mut()) {
+                    if let Some(mask) =
+                        random_flip(seed, link.id, index as u64, at, faults.flip_rate)
+                    {
+                        *byte ^= mask;
+                        link.record_flip(direction, at, mask);
                     }
                 }
             }
-            let jitter = faults.jitter.mul_f64(rng.random::<f64>());
-            let due = (Instant::now() + faults.latency + jitter).max(last_due);
+            let due = if faults.latency.is_zero() && faults.jitter.is_zero() {
+                last_due
+            } else {
+                let jitter = faults.jitter.mul_f64(rng.random::<f64>());
+                (Instant::now() + faults.latency + jitter).max(last_due)
+            };
             last_due = due;
             let stop = cut.is_some();
             if line.send(Chunk::Bytes { due, data, cut }).is_err() || stop {
@@ -396,12 +501,25 @@ async fn forward(
         }
     };
     let write = async {
+        let mut paused = paused.clone();
+        let mut changed = link.faults_changed.subscribe();
         while let Some(chunk) = arrivals.recv().await {
             let Chunk::Bytes { due, data, cut } = chunk else {
                 let _ = to.shutdown().await;
                 return;
             };
-            tokio::time::sleep_until(due).await;
+            // No timer at all when the chunk is already due: with no latency set, bytes pass
+            // straight through (a timer rounds up to the next millisecond).
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            // Bytes already read wait out a partition too: delivered, in order, when it heals.
+            if wait_until_open(&link, index, &mut paused, &mut changed)
+                .await
+                .is_err()
+            {
+                return;
+            }
             let faults = lock(&link.faults[index]).clone();
             let (piece, gap) = faults
                 .slice

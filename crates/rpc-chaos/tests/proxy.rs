@@ -137,6 +137,7 @@ async fn drop_after_n_bytes_resets_or_closes_after_delivering_them() {
     }
 }
 
+/// A blackhole is a broken middlebox: bytes sent through it are lost for good.
 #[tokio::test]
 async fn blackhole_forwards_nothing_and_keeps_the_socket_open() {
     let (upstream, reads) = echo_upstream().await;
@@ -177,6 +178,94 @@ async fn random_flips_replay_from_the_seed() {
     );
     assert_eq!(run(99).await, first, "same seed, same flips");
     assert_ne!(run(100).await, first);
+}
+
+#[tokio::test]
+async fn random_flips_depend_on_offsets_not_on_how_the_bytes_were_chunked_or_timed() {
+    /// Sends 20 000 zero bytes in pieces of `piece` (a pause between pieces), with jitter on the
+    /// way back so the chunks differ in time too; returns what came back and the flips made.
+    async fn run(piece: usize) -> (Vec<u8>, Vec<rpc_chaos::Flip>) {
+        let (upstream, _) = echo_upstream().await;
+        let proxy = Proxy::start(upstream, 7).await.unwrap();
+        proxy.set_faults(Direction::ClientToServer, Faults::none().flip_random(0.01));
+        proxy.set_faults(
+            Direction::ServerToClient,
+            Faults::none()
+                .flip_random(0.01)
+                .latency(Duration::ZERO, Duration::from_millis(2)),
+        );
+        let mut client = TcpStream::connect(proxy.local_addr()).await.unwrap();
+        let data = vec![0u8; 20_000];
+        let (mut read, mut write) = client.split();
+        let send = async {
+            for chunk in data.chunks(piece) {
+                write.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        };
+        let mut back = vec![0u8; data.len()];
+        let receive = read.read_exact(&mut back);
+        let ((), received) = tokio::join!(send, receive);
+        received.unwrap();
+        (back, proxy.flips())
+    }
+    let (whole, whole_flips) = run(20_000).await;
+    let (sliced, sliced_flips) = run(37).await;
+    assert_eq!(whole, sliced, "the same bytes flipped, both ways");
+    assert_eq!(whole_flips.len(), sliced_flips.len());
+    let key = |f: &rpc_chaos::Flip| (f.direction == Direction::ServerToClient, f.offset, f.mask);
+    let mut a: Vec<_> = whole_flips.iter().map(key).collect();
+    let mut b: Vec<_> = sliced_flips.iter().map(key).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+    // The log says exactly what happened to the stream that came back: the upstream echoes the
+    // flipped bytes, and the way back flips its own offsets on top.
+    let mut expected = vec![0u8; 20_000];
+    for flip in &whole_flips {
+        expected[usize::try_from(flip.offset).unwrap()] ^= flip.mask;
+    }
+    assert_eq!(whole, expected);
+}
+
+#[tokio::test]
+async fn a_partition_holds_bytes_and_delivers_them_in_order_when_it_heals() {
+    let (upstream, reads) = echo_upstream().await;
+    let proxy = Proxy::start(upstream, 1).await.unwrap();
+    let mut client = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    assert_eq!(round_trip(&mut client, b"before").await, b"before");
+    // Towards the client only: the server still receives, its answers wait.
+    proxy.set_faults(Direction::ServerToClient, Faults::none().partition());
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    client.write_all(&data).await.unwrap();
+    let mut first = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), client.read(&mut first))
+            .await
+            .is_err(),
+        "nothing comes back during the partition, and the socket stays open"
+    );
+    let upstream_got: usize = reads.lock().unwrap().iter().sum();
+    assert_eq!(upstream_got, 6 + data.len(), "the other direction flows");
+    proxy.clear_faults();
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, data, "every byte, in order, no gap");
+    // Towards the server, bytes already read by the proxy wait too.
+    proxy.set_faults(Direction::ClientToServer, Faults::none().partition());
+    client.write_all(b"held").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(reads.lock().unwrap().iter().sum::<usize>(), 6 + data.len());
+    proxy.clear_faults();
+    let mut held = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(2), client.read_exact(&mut held))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&held, b"held");
 }
 
 #[tokio::test]
@@ -241,4 +330,25 @@ async fn faults_can_target_one_connection() {
     );
     assert_eq!(round_trip(&mut second, b"x").await, b"x");
     assert!(!proxy.set_connection_faults(9, Direction::ServerToClient, Faults::none()));
+}
+
+/// With no fault set, bytes pass straight through: no chunk waits on a timer. On tokio's paused
+/// clock any sleep would advance the clock (the runtime jumps to the next timer when it idles),
+/// so a clock that stays put proves that none was armed on the way. (Timers have a resolution of
+/// 1 ms, rounded up: starting half-way into a millisecond makes even a zero-length sleep wait.)
+#[tokio::test(start_paused = true)]
+async fn without_faults_no_byte_waits_on_a_timer() {
+    tokio::time::advance(Duration::from_micros(500)).await;
+    let (upstream, _) = echo_upstream().await;
+    let proxy = Proxy::start(upstream, 1).await.unwrap();
+    let mut client = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    for i in 0..50u8 {
+        assert_eq!(round_trip(&mut client, &[i; 100]).await, vec![i; 100]);
+    }
+    assert_eq!(
+        tokio::time::Instant::now(),
+        started,
+        "a chunk waited on a timer"
+    );
 }
