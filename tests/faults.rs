@@ -379,3 +379,114 @@ async fn a_server_that_accepts_but_never_answers_the_handshake_is_not_sent_withi
     );
     hold.abort();
 }
+
+/// A server played by hand on 127.0.0.1:0 that completes every handshake, never answers a call
+/// or a CANCEL, and answers each PING with a PING of its own instead of a PONG: it looks alive to
+/// a heartbeat but never proves a withdrawn call's slot free. Returns its address, how many
+/// connections it accepted, and the GOAWAYs it received.
+async fn never_answering_server() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<keel::codec::GoAway>>>,
+) {
+    use keel::codec::{FrameDecoder, FrameEncoder, HelloAck, Ping, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::{Decoder, Encoder};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let goaways = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen) = (Arc::clone(&accepted), Arc::clone(&goaways));
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut decoder = FrameDecoder::new(Role::Server);
+                let mut encoder = FrameEncoder::new();
+                let mut buf = bytes::BytesMut::new();
+                let serve = async {
+                    loop {
+                        let mut out = bytes::BytesMut::new();
+                        while let Ok(Some(Ok(frame))) = decoder.decode(&mut buf) {
+                            let reply = match frame {
+                                Frame::Hello(hello) => {
+                                    encoder.set_peer_settings(hello.settings);
+                                    Some(Frame::HelloAck(HelloAck::new(Settings::default())))
+                                }
+                                Frame::Ping(_) => Some(Frame::Ping(Ping { opaque: [9; 8] })),
+                                Frame::GoAway(goaway) => {
+                                    seen.lock().unwrap().push(goaway);
+                                    None
+                                }
+                                _ => None,
+                            };
+                            if let Some(reply) = reply {
+                                encoder.encode(reply, &mut out).unwrap();
+                            }
+                        }
+                        io.write_all(&out).await.unwrap();
+                        if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), serve).await;
+            });
+        }
+    });
+    (addr, accepted, goaways)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holding_a_slot_past_deadline_and_dead_bound_is_replaced() {
+    let (addr, accepted, goaways) = never_answering_server().await;
+    let heartbeat = Duration::from_millis(100);
+    let channel = Channel::builder(addr).heartbeat_interval(heartbeat).build();
+    let options = || {
+        CallOptions::new()
+            .timeout(Duration::from_millis(100))
+            .no_retry()
+    };
+    let err = channel
+        .call("Echo.echo", Bytes::from_static(b"lost"), options())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::DEADLINE_EXCEEDED, Outcome::MaybeExecuted)
+    );
+    // The withdrawn call holds its slot: no RESPONSE, no PONG. Past its deadline plus the dead
+    // bound (2 x 100 ms), the connection says GOAWAY and is dropped from the channel.
+    assert_eq!(channel.in_flight(), 1);
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || !goaways
+            .lock()
+            .unwrap()
+            .is_empty())
+        .await,
+        "no GOAWAY from the client"
+    );
+    let took = started.elapsed();
+    let goaway = goaways.lock().unwrap()[0].clone();
+    assert_eq!(
+        (goaway.code, goaway.last_call_id, goaway.message.as_str()),
+        (
+            GoAwayCode::NO_ERROR,
+            0,
+            "calls unanswered past their deadline"
+        )
+    );
+    // The bound (200 ms after the deadline) and at most one probe interval (200 ms) on top.
+    assert!(
+        took <= Duration::from_millis(600),
+        "replaced after {took:?}"
+    );
+    assert_eq!(channel.in_flight(), 0);
+    // The next call goes to a new connection.
+    let _ = channel
+        .call("Echo.echo", Bytes::from_static(b"next"), options())
+        .await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -101,7 +101,10 @@ impl Channel {
         self.inner.addr
     }
 
-    /// Calls waiting for a response on the current connection (diagnostics).
+    /// The server's concurrency slots the current connection holds (diagnostics): calls waiting
+    /// for their response, and withdrawn calls (cancelled, or past their deadline) until the
+    /// server is known to have freed them: by their RESPONSE, or by the PONG of a PING sent
+    /// after their CANCEL.
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.inner.stack.inner.inner.pool.current().map_or(0, |c| {

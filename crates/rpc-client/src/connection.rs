@@ -4,8 +4,10 @@
 //!
 //! Driving contract: [`Connection`] is a future polled by its own task. Each poll, in order:
 //! 1. commands from callers: new calls (assigned the next call id, queued for writing) and cancels;
-//! 2. reading: responses to their callers, PINGs answered ahead of queued frames, GOAWAY;
-//! 3. timers: PING after an interval of silence, dead after the bound;
+//! 2. reading: responses to their callers, PINGs answered ahead of queued frames, PONGs (which
+//!    free the slots of withdrawn calls, see `withdrawn.rs`), GOAWAY;
+//! 3. timers: PING after an interval of silence, dead after the bound; PING behind CANCELs and
+//!    while withdrawn calls wait; replaced when one is held past its bound;
 //! 4. writing: one vectored write per batch of queued frames.
 
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +25,7 @@ use rpc_codec::{
     DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, Ping, Request,
     Response, Role, Settings,
 };
-use rpc_core::{Error, Outcome, Status, StatusCode};
+use rpc_core::{Deadline, Error, Outcome, Status, StatusCode};
 use rpc_transport::{
     Beat, HandshakeError, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer,
 };
@@ -35,6 +37,11 @@ use tracing::debug;
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
 use crate::stack::ConnectionId;
+use crate::withdrawn::Withdrawals;
+
+/// How long a withdrawn call may hold its slot past its deadline when the connection has no
+/// heartbeat (with one, its dead bound): twice the default heartbeat interval.
+const NO_HEARTBEAT_GRACE: Duration = Duration::from_secs(20);
 
 /// Why a connection ended: the cause in the error chain of every call it was carrying.
 ///
@@ -157,6 +164,9 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct CallCommand {
     pub(crate) request: Request,
+    /// The attempt's deadline: a withdrawn call holding its slot long past it makes the
+    /// connection stale.
+    pub(crate) deadline: Deadline,
     pub(crate) slot: Arc<CallSlot>,
     pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
 }
@@ -249,6 +259,10 @@ pub(crate) async fn connect(
         in_flight: Arc::clone(&in_flight),
         heartbeat,
         pings_sent: 0,
+        pongs_seen: 0,
+        withdrawn: Withdrawals::default(),
+        retiring: false,
+        goaway_sent: false,
         timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         goaway_last: None,
         deferred: false,
@@ -265,14 +279,14 @@ pub(crate) async fn connect(
     })
 }
 
-/// A call written (or queued to be written) and waiting for its response.
+/// A call written (or queued to be written) whose caller waits for its response. Once the caller
+/// withdraws it moves to the connection's [`Withdrawals`].
 #[derive(Debug)]
 struct Pending {
-    /// `None` once the caller withdrew: the call still holds one of the server's concurrency
-    /// slots until its (CANCELLED) response arrives.
-    reply: Option<oneshot::Sender<Result<Reply, Error>>>,
+    reply: oneshot::Sender<Result<Reply, Error>>,
     /// The write batch its REQUEST went into.
     batch: u64,
+    deadline: Deadline,
 }
 
 struct Connection {
@@ -284,6 +298,8 @@ struct Connection {
     /// Every sender is gone: the channel was dropped.
     callers_gone: bool,
     pending: HashMap<u64, Pending>,
+    /// Calls whose callers gave up, until the server is known to have freed their slots.
+    withdrawn: Withdrawals,
     /// Calls held back because the server's MAX_CONCURRENT_CALLS are all in use; not yet sent.
     waiting: VecDeque<CallCommand>,
     max_concurrent: usize,
@@ -293,6 +309,13 @@ struct Connection {
     heartbeat: Option<Heartbeat>,
     /// PINGs sent so far: each PING's opaque bytes are its number.
     pings_sent: u64,
+    /// The highest PING number a PONG answered.
+    pongs_seen: u64,
+    /// A withdrawn call was held past its bound: this connection takes no new calls and closes
+    /// once the calls on it are done; the channel opens another.
+    retiring: bool,
+    /// Our GOAWAY is queued.
+    goaway_sent: bool,
     timer: Pin<Box<Sleep>>,
     /// The lowest last call id of the GOAWAYs received.
     goaway_last: Option<u64>,
@@ -308,28 +331,44 @@ impl Connection {
         match command {
             Command::Call(call) => self.on_call(call),
             Command::Cancel { call_id } => {
-                if let Some(pending) = self.pending.get_mut(&call_id) {
-                    if pending.reply.take().is_some() {
-                        let _ = self
-                            .queue
-                            .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
-                    }
+                if let Some(pending) = self.pending.remove(&call_id) {
+                    let _ = self
+                        .queue
+                        .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
+                    let now = Instant::now();
+                    let grace = self
+                        .heartbeat
+                        .as_ref()
+                        .map_or(NO_HEARTBEAT_GRACE, Heartbeat::dead_after);
+                    let stale_at = pending.deadline.instant().max(now) + grace;
+                    self.withdrawn
+                        .withdraw(call_id, self.pings_sent + 1, now, stale_at);
                 }
             }
         }
     }
 
-    /// Takes a call's entry out of the pending table, freeing its concurrency slot, and returns
-    /// the caller's reply channel if the caller still waits.
+    /// The server's concurrency slots this connection holds: calls waiting for a response, and
+    /// withdrawn calls not yet known to be freed.
+    fn slots_held(&self) -> usize {
+        self.pending.len() + self.withdrawn.len()
+    }
+
+    /// A RESPONSE (or a rejected one) for `call_id` arrived: frees its slot, and returns the
+    /// caller's reply channel if the caller still waits.
     fn complete(&mut self, call_id: u64) -> Option<oneshot::Sender<Result<Reply, Error>>> {
-        let reply = self.pending.remove(&call_id)?.reply;
+        let reply = match self.pending.remove(&call_id) {
+            Some(pending) => Some(pending.reply),
+            None if self.withdrawn.answered(call_id) => None,
+            None => return None,
+        };
         self.admit_waiting();
         reply
     }
 
     /// Sends held-back calls while the server has free slots.
     fn admit_waiting(&mut self) {
-        while self.pending.len() < self.max_concurrent {
+        while self.slots_held() < self.max_concurrent {
             let Some(call) = self.waiting.pop_front() else {
                 return;
             };
@@ -338,7 +377,8 @@ impl Connection {
     }
 
     fn on_call(&mut self, call: CallCommand) {
-        if self.pending.len() >= self.max_concurrent && self.goaway_last.is_none() {
+        if self.slots_held() >= self.max_concurrent && self.goaway_last.is_none() && !self.retiring
+        {
             // Respect the server's announced limit: hold the call, unsent, until a slot frees.
             self.waiting.push_back(call);
             return;
@@ -347,7 +387,7 @@ impl Connection {
     }
 
     fn send_call(&mut self, mut call: CallCommand) {
-        if self.goaway_last.is_some() || self.end.is_some() {
+        if self.goaway_last.is_some() || self.end.is_some() || self.retiring {
             // Never written: safe anywhere. The channel will pick another connection.
             let err = Error::from_code(
                 StatusCode::UNAVAILABLE,
@@ -368,8 +408,9 @@ impl Connection {
                 self.pending.insert(
                     call_id,
                     Pending {
-                        reply: Some(call.reply),
+                        reply: call.reply,
                         batch,
+                        deadline: call.deadline,
                     },
                 );
             }
@@ -389,7 +430,8 @@ impl Connection {
                 let _ = self.queue.push_urgent(&Frame::Pong(ping.pong()));
             }
             Ok(Frame::GoAway(goaway)) => self.on_goaway(goaway),
-            // PONG: liveness already recorded. Extensions are skipped.
+            Ok(Frame::Pong(pong)) => self.on_pong(u64::from_be_bytes(pong.opaque)),
+            // Extensions are skipped.
             Ok(_) => {}
             Err(rejected) => {
                 if let Some(reply) = self.complete(rejected.call_id) {
@@ -431,6 +473,19 @@ impl Connection {
         let _ = reply.send(result);
     }
 
+    /// The PONG of PING number `number` (liveness is already recorded): the server has read
+    /// every CANCEL written before that PING, and freed those calls' slots.
+    fn on_pong(&mut self, number: u64) {
+        // A PONG that matches no PING of ours is ignored (§5.6).
+        if number <= self.pongs_seen || number > self.pings_sent {
+            return;
+        }
+        self.pongs_seen = number;
+        if self.withdrawn.ponged(number) > 0 {
+            self.admit_waiting();
+        }
+    }
+
     fn on_goaway(&mut self, goaway: GoAway) {
         debug!(addr = %self.addr, code = %goaway.code, last = goaway.last_call_id, "GOAWAY");
         let last = self
@@ -449,8 +504,9 @@ impl Connection {
             .copied()
             .filter(|&id| id > last)
             .collect();
+        self.withdrawn.forget_above(last);
         for id in never_ran {
-            if let Some(reply) = self.pending.remove(&id).and_then(|p| p.reply) {
+            if let Some(reply) = self.pending.remove(&id).map(|p| p.reply) {
                 let err = Error::from_code(
                     StatusCode::UNAVAILABLE,
                     "the server is going away and did not run this call",
@@ -507,17 +563,15 @@ impl Connection {
         // timeout leaves it open).
         self.queue.discard_unstarted();
         if goaway != GoAwayCode::NO_ERROR {
-            let _ = self
-                .queue
-                .push(&Frame::GoAway(GoAway::new(0, goaway, cause.to_string())));
+            self.send_goaway(goaway, &cause.to_string());
         }
+        self.withdrawn.clear();
         let pending = std::mem::take(&mut self.pending);
         for (id, call) in pending {
-            let Some(reply) = call.reply else { continue };
             let outcome = self.outcome_of(id, call.batch);
             let err = Error::from_code(StatusCode::UNAVAILABLE, cause.to_string(), outcome)
                 .with_source(cause.clone());
-            let _ = reply.send(Err(err));
+            let _ = call.reply.send(Err(err));
         }
         self.end = Some(cause);
         // Calls held back or still in the command queue were never written.
@@ -577,23 +631,69 @@ impl Connection {
         progress
     }
 
-    /// PING after an interval of silence; dead after the bound. Returns when to look again.
-    fn check_heartbeat(&mut self, now: Instant) -> Option<Instant> {
+    /// The heartbeat (PING after an interval of silence, dead after the bound) and the withdrawn
+    /// calls (PING behind their CANCELs and while they wait; replaced when one is held past its
+    /// bound). Returns when to look again.
+    fn check_timers(&mut self, now: Instant) -> Option<Instant> {
         if self.end.is_some() {
             return None;
         }
-        match self.heartbeat.as_mut()?.poll(now) {
-            Beat::Dead { silent_for } => {
-                self.fail(
-                    ConnectionError::HeartbeatTimeout { silent_for },
-                    GoAwayCode::HEARTBEAT_TIMEOUT,
-                );
-                return None;
+        if let Some(heartbeat) = self.heartbeat.as_mut() {
+            match heartbeat.poll(now) {
+                Beat::Dead { silent_for } => {
+                    self.fail(
+                        ConnectionError::HeartbeatTimeout { silent_for },
+                        GoAwayCode::HEARTBEAT_TIMEOUT,
+                    );
+                    return None;
+                }
+                Beat::Ping => self.send_ping(),
+                Beat::Idle => {}
             }
-            Beat::Ping => self.send_ping(),
-            Beat::Idle => {}
         }
-        self.heartbeat.as_ref().map(Heartbeat::next_due)
+        let probe_due = self.withdrawn.next_probe().is_some_and(|at| now >= at);
+        if probe_due && self.withdrawn.any_stale(now) {
+            self.retire();
+        }
+        if self
+            .withdrawn
+            .ping_due(now, self.pongs_seen < self.pings_sent)
+        {
+            self.send_ping();
+            self.withdrawn.pinged(now);
+        }
+        let heartbeat = self.heartbeat.as_ref().map(Heartbeat::next_due);
+        match (heartbeat, self.withdrawn.next_probe()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A withdrawn call held its slot past its deadline plus the dead bound: the server is not
+    /// answering as the protocol says (or a middlebox loses its frames). Take no new calls here
+    /// (held-back calls go NOT_SENT to another connection), tell the server with GOAWAY, let the
+    /// calls on it run to their answers or deadlines, and close; the channel opens another.
+    fn retire(&mut self) {
+        debug!(
+            addr = %self.addr,
+            held = self.withdrawn.len(),
+            "withdrawn calls held past their bound; replacing the connection"
+        );
+        self.retiring = true;
+        self.usable.store(false, Ordering::Release);
+        self.withdrawn.clear();
+        self.send_goaway(GoAwayCode::NO_ERROR, "calls unanswered past their deadline");
+        self.refuse_unsent("the connection is being replaced");
+    }
+
+    /// Queues our GOAWAY (last call id 0: a client runs no calls), once.
+    fn send_goaway(&mut self, code: GoAwayCode, message: &str) {
+        if !self.goaway_sent {
+            self.goaway_sent = true;
+            let _ = self
+                .queue
+                .push(&Frame::GoAway(GoAway::new(0, code, message)));
+        }
     }
 
     /// Queues a PING behind every frame queued so far, numbered by the count of PINGs sent.
@@ -621,7 +721,7 @@ impl Future for Connection {
                 return Poll::Pending;
             }
             this.deferred = false;
-            let next = this.check_heartbeat(Instant::now());
+            let next = this.check_timers(Instant::now());
             match this.queue.poll_write(&mut this.io, cx) {
                 Poll::Ready(Err(err)) => {
                     this.fail(ConnectionError::Io(Arc::new(err)), GoAwayCode::NO_ERROR);
@@ -634,16 +734,15 @@ impl Future for Connection {
                 }
                 _ => {}
             }
-            this.in_flight.store(this.pending.len(), Ordering::Release);
+            this.in_flight.store(this.slots_held(), Ordering::Release);
             let idle = this.pending.is_empty() && this.queue.is_empty() && this.waiting.is_empty();
-            if idle && (this.callers_gone || this.goaway_last.is_some()) {
-                // Nobody will send another call here: close politely.
+            if idle && (this.callers_gone || this.goaway_last.is_some() || this.retiring) {
+                // Nobody will send another call here: close politely. (Withdrawn calls have no
+                // caller left to tell.)
                 this.usable.store(false, Ordering::Release);
                 if this.end.is_none() {
                     this.end = Some(ConnectionError::Closed);
-                    let _ =
-                        this.queue
-                            .push(&Frame::GoAway(GoAway::new(0, GoAwayCode::NO_ERROR, "")));
+                    this.send_goaway(GoAwayCode::NO_ERROR, "");
                     continue;
                 }
             }

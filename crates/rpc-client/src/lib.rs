@@ -50,6 +50,7 @@ mod pool;
 mod retry;
 mod send;
 mod stack;
+mod withdrawn;
 
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;

@@ -110,6 +110,7 @@ async fn send_and_wait(
     let (reply, response) = oneshot::channel();
     let command = Command::Call(CallCommand {
         request,
+        deadline,
         slot: Arc::clone(&slot),
         reply,
     });
