@@ -59,8 +59,8 @@ pub enum ConnectionError {
     },
     /// The peer is not a keel v1 server: its first bytes are not the keel preface, or it speaks
     /// no protocol version this client speaks. A configuration error, not a passing failure:
-    /// calls fail at once instead of waiting for a reconnect (the channel still reconnects with
-    /// backoff, in case the address starts serving keel).
+    /// after two such attempts in a row, calls fail at once instead of waiting for a reconnect
+    /// (the channel still reconnects with backoff, in case the address starts serving keel).
     IncompatiblePeer {
         /// The address.
         addr: SocketAddr,

@@ -4,8 +4,9 @@
 //! One connector task per pool runs while connections are wanted and missing. Calls that find no
 //! usable connection wait for it within their deadline (wait-for-ready), or fail at once with
 //! UNAVAILABLE, NOT_SENT while connecting fails (fail-fast). When the address answers but is not a
-//! keel v1 server (bad preface, no common version), every call fails at once, whatever its
-//! wait-for-ready setting: that is a configuration error, not a passing failure. The connector paces its attempts by
+//! keel v1 server (bad preface, no common version) on two attempts in a row, every call fails at
+//! once, whatever its wait-for-ready setting: that is a configuration error, not a passing
+//! failure. (Once is not enough: a preface byte corrupted on the way looks the same.) The connector paces its attempts by
 //! the reconnect backoff, so a server that is down sees one connection attempt per backoff step
 //! from a channel however many calls wait: no tight loop, no storm. The backoff starts again
 //! after a successful handshake.
@@ -68,6 +69,10 @@ impl std::error::Error for NoConnection {
     }
 }
 
+/// Connection attempts in a row that must find a peer not speaking keel v1 before calls fail at
+/// once instead of waiting for the next attempt.
+const INCOMPATIBLE_ATTEMPTS: u32 = 2;
+
 /// A channel's connections to one address.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -96,6 +101,8 @@ struct PoolState {
     next_attempt: Option<Instant>,
     /// Why the latest attempt failed; cleared by a success.
     last_failure: Option<ConnectionError>,
+    /// Attempts in a row that found a peer not speaking keel v1.
+    incompatible_in_a_row: u32,
     /// Calls waiting for a connection.
     waiting: usize,
 }
@@ -136,6 +143,7 @@ impl Pool {
                     failures: 0,
                     next_attempt: None,
                     last_failure: None,
+                    incompatible_in_a_row: 0,
                     waiting: 0,
                 }),
                 changed: Notify::new(),
@@ -180,11 +188,9 @@ impl Pool {
                     tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
                 }
                 // A peer that is not a keel server is a configuration error: waiting for a
-                // reconnect would only spend the deadline.
-                let incompatible = state
-                    .last_failure
-                    .as_ref()
-                    .is_some_and(ConnectionError::is_incompatible_peer);
+                // reconnect would only spend the deadline. Twice in a row, so that one preface
+                // byte corrupted on the way costs one backoff step, not a burst of failures.
+                let incompatible = state.incompatible_in_a_row >= INCOMPATIBLE_ATTEMPTS;
                 if incompatible || (!wait_for_ready && state.last_failure.is_some()) {
                     return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
                 }
@@ -275,6 +281,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
                     state.failures = 0;
                     state.next_attempt = None;
                     state.last_failure = None;
+                    state.incompatible_in_a_row = 0;
                 }
                 Err(err) => {
                     let delay = config.reconnect_backoff.delay(state.failures);
@@ -287,6 +294,11 @@ async fn run_connector(pool: Weak<PoolInner>) {
                         error = %err,
                         "connect failed"
                     );
+                    if err.is_incompatible_peer() {
+                        state.incompatible_in_a_row += 1;
+                    } else {
+                        state.incompatible_in_a_row = 0;
+                    }
                     state.last_failure = Some(err);
                     if state.waiting == 0 {
                         state.wanted = 1;
