@@ -748,3 +748,32 @@ async fn a_pong_overtakes_responses_queued_for_a_peer_that_stopped_reading() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_inside_the_preface_or_a_frame_is_closed_without_a_goaway() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(echo_builder()).await;
+    let bystander = Bystander::start(&server);
+    // Inside the preface.
+    let mut raw = RawClient::connect(server.local_addr()).await;
+    raw.send_raw(&MAGIC[..5]).await;
+    raw.io.shutdown().await.unwrap();
+    assert!(
+        raw.recv_until_closed().await.is_empty(),
+        "nothing, not even a GOAWAY"
+    );
+    // Inside a frame, after the handshake.
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), Settings::default()).await;
+    let mut bytes = BytesMut::new();
+    raw.encoder
+        .encode(echo(1, b"cut short"), &mut bytes)
+        .unwrap();
+    raw.send_raw(&bytes[..10]).await;
+    raw.io.shutdown().await.unwrap();
+    assert!(
+        raw.recv_until_closed().await.is_empty(),
+        "nothing, not even a GOAWAY"
+    );
+    assert!(bystander.finish().await > 0);
+    server.shutdown().await;
+}

@@ -297,6 +297,44 @@ async fn the_client_holds_calls_beyond_the_servers_limit_until_a_slot_frees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_for_the_client_is_answered_resource_exhausted() {
+    let ran = Counter::default();
+    let count = ran.clone();
+    let server = start(echo_builder().register(
+        "Echo.big",
+        move |_ctx: CallContext, _payload: Bytes| {
+            count.bump();
+            async move { Ok(Bytes::from(vec![7u8; 10_000])) }
+        },
+    ))
+    .await;
+    // The client accepts frame bodies of at most 4096 bytes.
+    let channel = Channel::builder(server.local_addr())
+        .max_frame_size(4096)
+        .build();
+    let err = channel
+        .call("Echo.big", Bytes::new(), CallOptions::new().no_retry())
+        .await
+        .unwrap_err();
+    // The handler ran: EXECUTED, not NOT_EXECUTED.
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::RESOURCE_EXHAUSTED, Outcome::Executed)
+    );
+    assert!(
+        err.status().message().contains("could not be sent"),
+        "{err}"
+    );
+    assert_eq!(ran.get(), 1);
+    // The connection is unharmed.
+    let reply = channel
+        .call("Echo.echo", Bytes::from_static(b"fine"), CallOptions::new())
+        .await;
+    assert_eq!(reply.unwrap().payload, "fine");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_call_fails_locally_naming_both_sizes() {
     let server = start(echo_builder().max_frame_size(64 * 1024)).await;
     let channel = Channel::builder(server.local_addr()).build();

@@ -238,12 +238,15 @@ async fn a_drain_that_outlasts_its_grace_period_drops_the_rest() {
         took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
         "{took:?}"
     );
+    // Each dropped call is still answered (§7): its handler had started, so not NOT_EXECUTED.
     for call in calls {
         let err = call.await.unwrap().unwrap_err();
         assert_eq!(
             (err.code(), err.outcome()),
-            (StatusCode::UNAVAILABLE, Outcome::MaybeExecuted)
+            (StatusCode::UNAVAILABLE, Outcome::Executed),
+            "{err:?}"
         );
+        assert!(err.to_string().contains("grace period ended"), "{err}");
     }
 }
 

@@ -468,20 +468,22 @@ impl Connection {
         };
     }
 
-    /// Drops every running call and closes after writing `goaway`. Each dropped call still gets
-    /// its one RESPONSE (§7: every call at or below the last call id does): NOT_EXECUTED if its
-    /// handler never started (CANCELLED if the client had cancelled it), else UNAVAILABLE without
-    /// the flag, since the handler did start.
+    /// Drops every running call and closes after writing `goaway`.
     fn close(&mut self, goaway: GoAway) {
         self.send_goaway(goaway);
+        self.drop_running("the connection closed while the call ran");
+    }
+
+    /// Drops every running call, then closes once the last frames are written. Each dropped call
+    /// still gets its one RESPONSE (§7: every call at or below the last call id does):
+    /// NOT_EXECUTED if its handler never started (CANCELLED if the client had cancelled it),
+    /// else UNAVAILABLE with `why`, without the flag, since the handler did start.
+    fn drop_running(&mut self, why: &str) {
         self.calls = FuturesUnordered::new();
         for (call_id, call) in std::mem::take(&mut self.running) {
             let never_started = !call.has_started();
             let status = if !never_started {
-                Status::new(
-                    StatusCode::UNAVAILABLE,
-                    "the connection closed while the call ran",
-                )
+                Status::new(StatusCode::UNAVAILABLE, why)
             } else if call.abort.is_aborted() {
                 Status::new(StatusCode::CANCELLED, "cancelled by the client")
             } else {
@@ -521,13 +523,15 @@ impl Connection {
             }
         }
         match self.phase {
-            Phase::Finishing { until, .. } | Phase::Closing { until } => {
-                if now >= until {
-                    self.phase = Phase::Closed;
-                } else {
+            Phase::Finishing { until, .. } if now >= until => {
+                debug!(peer = %self.peer, running = self.running.len(), "drain grace over");
+                self.drop_running("the drain's grace period ended before the call finished");
+                if let Phase::Closing { until } = self.phase {
                     due(until);
                 }
             }
+            Phase::Closing { until } if now >= until => self.phase = Phase::Closed,
+            Phase::Finishing { until, .. } | Phase::Closing { until } => due(until),
             Phase::Open | Phase::Closed => {}
         }
         next

@@ -86,6 +86,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(None) => Err(HandshakeError::Closed),
         Err(DecodeError::Io(e)) => Err(HandshakeError::Io(e)),
+        // The client closed its side inside the preface or the HELLO: nothing to tell it.
+        Err(err @ DecodeError::TruncatedAtEof { .. }) => Err(HandshakeError::Protocol(err)),
         Err(err) => {
             let goaway = GoAway::new(0, err.go_away_code(), err.to_string());
             let _ = send_goaway(io, encoder, goaway).await;
@@ -134,6 +136,8 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .unwrap_or(Err(HandshakeError::Timeout(timeout)));
     let goaway = match &result {
+        // The server closed its side inside a frame: nothing to tell it (§15).
+        Err(HandshakeError::Protocol(DecodeError::TruncatedAtEof { .. })) => None,
         Err(HandshakeError::Protocol(err)) => {
             Some(GoAway::new(0, err.go_away_code(), err.to_string()))
         }
