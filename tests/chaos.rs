@@ -373,20 +373,26 @@ fn predict(
     expected
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_calls_through_random_bit_flips_end_exactly_as_the_seed_dictates() {
-    let seed = support::chaos_seed("random flips");
+/// A counting server behind a proxy flipping about one byte in 20,000 both ways, and a channel
+/// to it that makes one attempt per call and waits for connections (a flip in a handshake costs
+/// the waiting call one backoff step, not a failure).
+async fn through_random_flips(seed: u64) -> (ServerHandle, Runs, Proxy, Channel) {
     let (server, runs) = counting_server(Duration::from_secs(10)).await;
     let proxy = Proxy::start(server.local_addr(), seed).await.unwrap();
-    // About one flipped byte per 20,000: some 90 calls hit, both ways.
     for direction in [Direction::ClientToServer, Direction::ServerToClient] {
         proxy.set_faults(direction, Faults::none().flip_random(0.000_05));
     }
-    // One attempt per call; calls wait for a connection (a flip in a handshake costs the waiting
-    // call one backoff step, not a failure).
     let channel = Channel::builder(proxy.local_addr())
         .disable_retries()
         .build();
+    (server, runs, proxy, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_calls_through_random_bit_flips_end_exactly_as_the_seed_dictates() {
+    let seed = support::chaos_seed("random flips");
+    // Some 90 calls hit, both ways.
+    let (server, runs, proxy, channel) = through_random_flips(seed).await;
     let payload = |i: usize| Bytes::from(format!("call {i:05} {}", "x".repeat(40)));
     let mut observed = Vec::new();
     // One call at a time, so each call's frames sit at offsets the model can tell.
@@ -452,14 +458,7 @@ async fn ten_thousand_calls_through_random_bit_flips_end_exactly_as_the_seed_dic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_through_random_bit_flips_never_return_a_wrong_value_or_a_false_outcome() {
     let seed = support::chaos_seed("random flips, 32 in flight");
-    let (server, runs) = counting_server(Duration::from_secs(10)).await;
-    let proxy = Proxy::start(server.local_addr(), seed).await.unwrap();
-    for direction in [Direction::ClientToServer, Direction::ServerToClient] {
-        proxy.set_faults(direction, Faults::none().flip_random(0.000_05));
-    }
-    let channel = Channel::builder(proxy.local_addr())
-        .disable_retries()
-        .build();
+    let (server, runs, proxy, channel) = through_random_flips(seed).await;
     // Which calls share a batch, and so which a flip hits, depends on timing here: what holds
     // for every call is that its outcome is true and no value is wrong.
     let outcomes: Vec<(Bytes, Result<(), Error>)> = futures::stream::iter(0..5_000u32)
