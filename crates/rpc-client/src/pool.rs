@@ -6,10 +6,11 @@
 //! UNAVAILABLE, NOT_SENT while connecting fails (fail-fast). When the address answers but is not a
 //! keel v1 server (bad preface, no common version) on two attempts in a row, every call fails at
 //! once, whatever its wait-for-ready setting: that is a configuration error, not a passing
-//! failure. (Once is not enough: a preface byte corrupted on the way looks the same.) The connector paces its attempts by
-//! the reconnect backoff, so a server that is down sees one connection attempt per backoff step
-//! from a channel however many calls wait: no tight loop, no storm. The backoff starts again
-//! after a successful handshake.
+//! failure. (Once is not enough: a preface byte corrupted on the way looks the same.)
+//!
+//! The connector paces its attempts by the reconnect backoff, so a server that is down sees one
+//! connection attempt per backoff step from a channel however many calls wait: no tight loop, no
+//! storm. The backoff starts again after a successful handshake.
 //!
 //! Usually one connection carries every call. An attempt that must go elsewhere (a hedge, or the
 //! one free retry of a NOT_EXECUTED call) asks for a connection other than the one it avoids; the
@@ -108,6 +109,12 @@ struct PoolState {
 }
 
 impl PoolState {
+    /// The connector stops; the next call that finds no connection starts it again.
+    fn stop_connector(&mut self) {
+        self.wanted = 1;
+        self.connector_running = false;
+    }
+
     fn prune(&mut self) {
         self.connections.retain(|c| c.is_usable());
     }
@@ -253,8 +260,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
             let mut state = inner.lock();
             state.prune();
             if state.connections.len() >= state.wanted {
-                state.wanted = 1;
-                state.connector_running = false;
+                state.stop_connector();
                 return;
             }
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -301,8 +307,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
                     }
                     state.last_failure = Some(err);
                     if state.waiting == 0 {
-                        state.wanted = 1;
-                        state.connector_running = false;
+                        state.stop_connector();
                         drop(state);
                         inner.changed.notify_waiters();
                         return;
