@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::dedupe::{Runner, Shared, Waiter};
 use crate::handler::{Handler, HandlerFuture, HandlerResult};
+use crate::limit::CallPermit;
 
 /// How a call ended, ready to become its RESPONSE.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub(crate) type CallFuture = Pin<Box<dyn Future<Output = CallDone> + Send>>;
 pub(crate) struct RunningCall {
     pub(crate) abort: AbortHandle,
     pub(crate) started: Arc<AtomicBool>,
+    /// Its places under the server's concurrency limits, given back when the call ends.
+    pub(crate) permit: Option<CallPermit>,
 }
 
 impl RunningCall {
@@ -169,7 +172,14 @@ fn supervise(
             },
         }
     };
-    (Box::pin(fut), RunningCall { abort, started })
+    (
+        Box::pin(fut),
+        RunningCall {
+            abort,
+            started,
+            permit: None,
+        },
+    )
 }
 
 /// A handler's future with a panic contained: it fails only this call, with INTERNAL.

@@ -1,5 +1,6 @@
 //! Server configuration, with every default in one place.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rpc_codec::Settings;
@@ -17,9 +18,12 @@ pub(crate) struct ServerConfig {
     pub(crate) max_concurrent_calls: u32,
     pub(crate) max_metadata_size: u32,
     pub(crate) max_connections: usize,
+    pub(crate) max_handshaking: usize,
+    pub(crate) max_unsent_bytes: usize,
+    pub(crate) server_concurrency_limit: usize,
+    pub(crate) method_concurrency_limits: HashMap<Box<str>, usize>,
     pub(crate) drain_grace: Duration,
-    pub(crate) max_unstarted_cancels: u32,
-    pub(crate) unstarted_cancel_window: Duration,
+    pub(crate) cancel_flood: CancelFloodLimit,
     pub(crate) dedupe: Option<DedupeConfig>,
     /// Announced as DEDUPE_INSTANCE: non-zero exactly when the dedupe window is on, new for each
     /// built server (set by `ServerBuilder::build`).
@@ -29,7 +33,7 @@ pub(crate) struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(10),
             // Three intervals: a client declares us dead after two, so it notices first.
             dead_after_intervals: 3,
@@ -37,9 +41,12 @@ impl Default for ServerConfig {
             max_concurrent_calls: rpc_codec::DEFAULT_MAX_CONCURRENT_CALLS,
             max_metadata_size: rpc_core::metadata::DEFAULT_MAX_METADATA_SIZE,
             max_connections: 1024,
+            max_handshaking: 256,
+            max_unsent_bytes: 1024 * 1024,
+            server_concurrency_limit: 10_000,
+            method_concurrency_limits: HashMap::new(),
             drain_grace: Duration::from_secs(30),
-            max_unstarted_cancels: 200,
-            unstarted_cancel_window: Duration::from_secs(10),
+            cancel_flood: CancelFloodLimit::default(),
             dedupe: None,
             dedupe_instance: 0,
         }
@@ -60,6 +67,54 @@ impl ServerConfig {
     }
 }
 
+/// Files kept for everything but connections (the listener, logs, the application's own).
+const RESERVED_FILES: u64 = 64;
+
+impl ServerConfig {
+    /// The connection limits lowered to fit `files` open files, or `None` when they fit: the
+    /// serving limit gives way first, the handshake pool keeps at least a quarter of what is
+    /// left (and one place).
+    pub(crate) fn fit_file_limit(&self, files: u64) -> Option<(usize, usize)> {
+        let usable = usize::try_from(files.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+        if self.max_connections.saturating_add(self.max_handshaking) <= usable {
+            return None;
+        }
+        let handshaking = self.max_handshaking.min(usable / 4).max(1);
+        let connections = usable.saturating_sub(handshaking).max(1);
+        Some((connections.min(self.max_connections), handshaking))
+    }
+}
+
+/// The process's soft limit on open files, where there is one.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit};
+        let (soft, _hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        (soft != nix::sys::resource::RLIM_INFINITY).then_some(soft)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The rapid-reset defence's bound (see `ServerBuilder::cancel_flood_limit`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CancelFloodLimit {
+    pub(crate) min_cancels: u32,
+    pub(crate) max_share_percent: u32,
+}
+
+impl Default for CancelFloodLimit {
+    fn default() -> Self {
+        Self {
+            min_cancels: 100,
+            max_share_percent: 90,
+        }
+    }
+}
+
 /// A random non-zero id for one server instance's dedupe window.
 pub(crate) fn new_dedupe_instance() -> u32 {
     use std::hash::BuildHasher;
@@ -68,4 +123,19 @@ pub(crate) fn new_dedupe_instance() -> u32 {
     u32::try_from(hash & u64::from(u32::MAX))
         .unwrap_or(1)
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_are_lowered_to_fit_the_open_file_limit() {
+        let config = ServerConfig::default();
+        assert_eq!(config.fit_file_limit(20_000), None, "1024 + 256 + 64 fit");
+        assert_eq!(config.fit_file_limit(1344), None, "exactly");
+        // The common default soft limit: 1024 - 64 = 960 files for connections.
+        assert_eq!(config.fit_file_limit(1024), Some((720, 240)));
+        assert_eq!(config.fit_file_limit(10), Some((1, 1)));
+    }
 }

@@ -29,7 +29,9 @@ use rpc_codec::{
 };
 use rpc_core::{CallContext, Idempotency, Status, StatusCode};
 use rpc_transport::{Beat, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -39,6 +41,8 @@ use crate::call::{self, CallDone, CallFuture, RunningCall, dispatch, start};
 use crate::config::ServerConfig;
 use crate::dedupe::{self, Claim, DedupeTable, REQUEST_ID_KEY};
 use crate::handler::{Handler, HandlerResult, Router};
+use crate::handshake_pool::Ticket;
+use crate::limit::{CallPermit, Limits, Refused};
 
 /// What every connection of a server shares.
 #[derive(Debug)]
@@ -47,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) router: Router,
     /// The dedupe window's table, when it is on: one per server, for all its connections.
     pub(crate) dedupe: Option<Arc<DedupeTable>>,
+    /// The concurrency limits across all connections.
+    pub(crate) limits: Limits,
 }
 
 /// What a connection needs to start detached executions (the dedupe window): the server's task
@@ -65,11 +71,22 @@ const FRAMES_PER_POLL: usize = 256;
 /// may not be reading.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Accepts one connection: handshake under its timeout, then the connection's life.
+/// What a new connection needs from the accept loop: its place in the handshake pool, and the
+/// serving slots it takes one of once its handshake is done.
+pub(crate) struct Admission {
+    pub(crate) ticket: Ticket,
+    pub(crate) slots: Arc<Semaphore>,
+    /// How many slots there are, for the refusal's message.
+    pub(crate) max_connections: usize,
+}
+
+/// Accepts one connection: handshake under its timeout (or until a newer connection evicts it
+/// from the handshake pool), a serving slot, then the connection's life.
 pub(crate) async fn serve_connection(
     mut io: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    admission: Admission,
     drain: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -77,25 +94,38 @@ pub(crate) async fn serve_connection(
     let _ = io.set_nodelay(true);
     let config = &shared.config;
     let local = config.settings();
-    let mut read_buf = BytesMut::with_capacity(8 * 1024);
+    // Grown by the handshake as bytes arrive: a socket that sends nothing costs no buffer.
+    let mut read_buf = BytesMut::new();
     let mut decoder = FrameDecoder::builder(Role::Server).settings(&local).build();
     let mut encoder = FrameEncoder::new();
-    let accepted = tokio::select! {
-        accepted = handshake::accept(
-            &mut io, &mut read_buf, &mut decoder, &mut encoder, local, config.handshake_timeout,
-        ) => accepted,
+    let Admission {
+        ticket,
+        slots,
+        max_connections,
+    } = admission;
+    let read = tokio::select! {
+        read = handshake::read_hello(
+            &mut io, &mut read_buf, &mut decoder, &mut encoder, config.handshake_timeout,
+        ) => read,
+        () = ticket.evicted().cancelled() => {
+            debug!(%peer, "handshake evicted by newer connections");
+            let goaway = GoAway::new(
+                0,
+                GoAwayCode::HANDSHAKE_TIMEOUT,
+                "too many connections in their handshake: the oldest was closed",
+            );
+            refuse(&mut io, &mut encoder, goaway).await;
+            return;
+        }
         () = stop.cancelled() => return,
     };
-    let hello = match accepted {
+    drop(ticket);
+    let hello = match read {
         Ok(hello) => hello,
         Err(handshake::HandshakeError::Timeout(after)) => {
             debug!(%peer, ?after, "handshake timed out");
             let goaway = GoAway::new(0, GoAwayCode::HANDSHAKE_TIMEOUT, "no HELLO in time");
-            let _ = tokio::time::timeout(
-                CLOSE_LINGER,
-                handshake::send_goaway(&mut io, &mut encoder, goaway),
-            )
-            .await;
+            refuse(&mut io, &mut encoder, goaway).await;
             return;
         }
         Err(err) => {
@@ -103,6 +133,22 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    let Ok(slot) = slots.try_acquire_owned() else {
+        warn!(%peer, "connection limit reached; refusing");
+        let goaway = GoAway::new(
+            0,
+            GoAwayCode::OVERLOADED,
+            format!(
+                "the server is overloaded: its limit of {max_connections} connections is reached"
+            ),
+        );
+        refuse(&mut io, &mut encoder, goaway).await;
+        return;
+    };
+    if let Err(err) = handshake::send_hello_ack(&mut io, &mut encoder, local).await {
+        debug!(%peer, error = %err, "handshake failed");
+        return;
+    }
     let heartbeat = local.negotiated_heartbeat(&hello.settings).map(|interval| {
         Heartbeat::new(interval, shared.config.dead_after_intervals, Instant::now())
     });
@@ -124,12 +170,26 @@ pub(crate) async fn serve_connection(
         phase: Phase::Open,
         goaway_last: None,
         peer_going_away: false,
-        cancels: CancelWindow {
-            started: Instant::now(),
-            count: 0,
-        },
+        cancels: CancelShare::default(),
+        backpressured: false,
+        shrink_when_idle: false,
     };
     connection.await;
+    drop(slot);
+}
+
+/// Sends `goaway` to a connection that is not taken, then closes it so the client reads the
+/// GOAWAY rather than a reset: our side is shut down and what the client sends is read and
+/// dropped until it closes, for at most [`CLOSE_LINGER`].
+async fn refuse(io: &mut TcpStream, encoder: &mut FrameEncoder, goaway: GoAway) {
+    let linger = async {
+        handshake::send_goaway(io, encoder, goaway).await?;
+        io.shutdown().await?;
+        let mut sink = [0_u8; 512];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<(), handshake::HandshakeError>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, linger).await;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,11 +204,34 @@ enum Phase {
     Closed,
 }
 
-/// Counts CANCELs of calls that never started, per window: the rapid-reset defence.
-#[derive(Debug)]
-struct CancelWindow {
-    started: Instant,
-    count: u32,
+/// The rapid-reset defence's counts: recent calls, and those of them cancelled before their
+/// handler started. Both are halved whenever the calls reach [`CANCEL_DECAY_CALLS`], so the share
+/// follows what the connection does now, not over its whole life.
+#[derive(Debug, Default)]
+struct CancelShare {
+    calls: u32,
+    unstarted_cancels: u32,
+}
+
+/// Calls after which the rapid-reset counts are halved.
+const CANCEL_DECAY_CALLS: u32 = 2048;
+
+impl CancelShare {
+    fn called(&mut self) {
+        self.calls += 1;
+        if self.calls >= CANCEL_DECAY_CALLS {
+            self.calls /= 2;
+            self.unstarted_cancels /= 2;
+        }
+    }
+
+    /// Counts a cancel of a call that had not started; true when the limit is passed.
+    fn cancelled_unstarted(&mut self, limit: &crate::config::CancelFloodLimit) -> bool {
+        self.unstarted_cancels += 1;
+        self.unstarted_cancels > limit.min_cancels
+            && u64::from(self.unstarted_cancels) * 100
+                > u64::from(self.calls) * u64::from(limit.max_share_percent)
+    }
 }
 
 struct Connection {
@@ -172,7 +255,12 @@ struct Connection {
     goaway_last: Option<u64>,
     /// The client sent GOAWAY: it will send no more calls.
     peer_going_away: bool,
-    cancels: CancelWindow,
+    cancels: CancelShare,
+    /// Reading is paused because the unsent bytes reached their bound.
+    backpressured: bool,
+    /// A heartbeat frame (PING or PONG) arrived: once the connection is idle, its buffers
+    /// shrink (a heartbeat means there was an interval of silence).
+    shrink_when_idle: bool,
 }
 
 impl Connection {
@@ -194,6 +282,12 @@ impl Connection {
         loop {
             loop {
                 if !self.reading() {
+                    return handled > 0;
+                }
+                if self.over_unsent_bound() {
+                    // Until the client reads: no frame is decoded, no call dispatched, and TCP
+                    // pushes back on a client that keeps sending.
+                    self.backpressured = true;
                     return handled > 0;
                 }
                 match tokio_util::codec::Decoder::decode(&mut self.decoder, &mut self.read_buf) {
@@ -238,14 +332,17 @@ impl Connection {
             Ok(Frame::Request(request)) => self.on_request(request),
             Ok(Frame::Cancel(cancel)) => self.on_cancel(cancel.call_id),
             Ok(Frame::Ping(ping)) => {
-                // Answered ahead of every queued response.
-                let _ = self.queue.push_urgent(&Frame::Pong(ping.pong()));
+                // Answered ahead of every queued response; a newer PING's PONG replaces one
+                // not yet written, so a PING flood queues one PONG.
+                let _ = self.queue.replace_pong(&Frame::Pong(ping.pong()));
+                self.shrink_when_idle = true;
             }
+            Ok(Frame::Pong(_)) => self.shrink_when_idle = true,
             Ok(Frame::GoAway(goaway)) => {
                 debug!(peer = %self.peer, code = %goaway.code, "client is going away");
                 self.peer_going_away = true;
             }
-            // PONG: liveness is already recorded; extensions are skipped.
+            // Extensions are skipped.
             Ok(_) => {}
             Err(rejected) => self.respond(
                 rejected.call_id,
@@ -262,6 +359,7 @@ impl Connection {
 
     fn on_request(&mut self, request: Request) {
         let id = request.call_id;
+        self.cancels.called();
         if self.goaway_last.is_some_and(|last| id > last) || self.phase != Phase::Open {
             return self.refuse(id, StatusCode::UNAVAILABLE, "server is draining".into());
         }
@@ -281,6 +379,21 @@ impl Connection {
             let message = format!("{limit} calls already running on this connection");
             return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
         }
+        let permit = match self.shared.limits.acquire(request.method.as_str()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                let message = match refused {
+                    Refused::Server { max } => {
+                        format!("the server is overloaded: {max} calls already running")
+                    }
+                    Refused::Method { max } => format!(
+                        "{max} calls of {:?} already running on the server",
+                        request.method.as_str()
+                    ),
+                };
+                return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
+            }
+        };
         // The dedupe window: with it off, this one `Option` check is all it costs.
         let dedupe = match &self.shared.dedupe {
             Some(table) if !request.idempotent => request
@@ -298,11 +411,12 @@ impl Connection {
             .with_peer_addr(self.peer)
             .with_idempotency(Idempotency::from_flag(request.idempotent));
         if let Some((table, request_id)) = dedupe {
-            return self.on_deduped(&table, &request_id, handler, ctx, request.payload);
+            return self.on_deduped(&table, &request_id, handler, ctx, request.payload, permit);
         }
         match start(handler, ctx, request.payload) {
             Ok(work) => {
-                let (future, running) = dispatch(id, deadline, work);
+                let (future, mut running) = dispatch(id, deadline, work);
+                running.permit = Some(permit);
                 self.calls.push(future);
                 self.running.insert(id, running);
             }
@@ -320,6 +434,7 @@ impl Connection {
         handler: Arc<dyn Handler>,
         ctx: CallContext,
         payload: Bytes,
+        permit: CallPermit,
     ) {
         let (id, deadline) = (ctx.call_id(), ctx.deadline());
         let method = match self.shared.router.get_named(ctx.method()) {
@@ -352,6 +467,8 @@ impl Connection {
                 }
             },
         };
+        let mut running = running;
+        running.permit = Some(permit);
         self.calls.push(future);
         self.running.insert(id, running);
     }
@@ -362,29 +479,22 @@ impl Connection {
         };
         let never_started = !call.has_started();
         call.abort.abort();
-        if never_started && self.count_unstarted_cancel() {
-            warn!(peer = %self.peer, "too many cancels of calls that never ran; closing");
-            let goaway = GoAway::new(
-                self.decoder.last_request_id(),
+        let limit = &self.shared.config.cancel_flood;
+        if never_started && self.cancels.cancelled_unstarted(limit) && self.phase == Phase::Open {
+            warn!(peer = %self.peer, "most calls cancelled before they ran; closing");
+            // Calls already running finish and are answered: the defence must not turn work the
+            // server did into MAYBE_EXECUTED. Nothing more is read from this peer.
+            let last = self.decoder.last_request_id();
+            self.send_goaway(GoAway::new(
+                last,
                 GoAwayCode::TOO_MANY_CANCELS,
-                "too many cancels of calls that never ran",
-            );
-            self.close(goaway);
-        }
-    }
-
-    /// Records one cancel of a call that never started; true when over the limit.
-    fn count_unstarted_cancel(&mut self) -> bool {
-        let now = Instant::now();
-        let window = self.config().unstarted_cancel_window;
-        if now.duration_since(self.cancels.started) > window {
-            self.cancels = CancelWindow {
-                started: now,
-                count: 0,
+                "too many calls cancelled before they ran",
+            ));
+            self.phase = Phase::Finishing {
+                until: Instant::now() + self.config().drain_grace,
+                read: false,
             };
         }
-        self.cancels.count += 1;
-        self.cancels.count > self.config().max_unstarted_cancels
     }
 
     fn finish(&mut self, done: CallDone) {
@@ -537,6 +647,42 @@ impl Connection {
         next
     }
 
+    /// Whether the queue holds as many unsent bytes as allowed: reading and finishing calls wait.
+    fn over_unsent_bound(&self) -> bool {
+        self.queue.unsent_bytes() >= self.config().max_unsent_bytes
+    }
+
+    /// After a write while reads are paused: the client took `unsent_before - now` bytes, a sign
+    /// of life for the heartbeat (frames from it are not being read). Returns true when the
+    /// queue is back under its bound and reading resumes.
+    fn relieve_backpressure(&mut self, unsent_before: usize) -> bool {
+        let unsent = self.queue.unsent_bytes();
+        if unsent < unsent_before {
+            if let Some(heartbeat) = &mut self.heartbeat {
+                heartbeat.received(Instant::now());
+            }
+        }
+        if !self.over_unsent_bound() {
+            self.backpressured = false;
+            return true;
+        }
+        false
+    }
+
+    /// Frees the read buffer's and write queue's spare capacity once a heartbeat shows the
+    /// connection idle: nothing running, nothing buffered either way.
+    fn shrink_if_idle(&mut self) {
+        if self.shrink_when_idle
+            && self.running.is_empty()
+            && self.read_buf.is_empty()
+            && self.queue.is_empty()
+        {
+            self.shrink_when_idle = false;
+            self.read_buf = BytesMut::new();
+            self.queue.shrink_when_empty();
+        }
+    }
+
     fn is_done(&self) -> bool {
         let flushed = self.queue.is_empty();
         match self.phase {
@@ -561,20 +707,31 @@ impl Future for Connection {
         }
         for _ in 0..32 {
             let mut progress = this.poll_read(cx);
-            while let Poll::Ready(Some(done)) = this.calls.poll_next_unpin(cx) {
+            // While the client does not read, handlers wait too: their responses would only
+            // pile up.
+            while !this.over_unsent_bound() {
+                let Poll::Ready(Some(done)) = this.calls.poll_next_unpin(cx) else {
+                    break;
+                };
                 this.finish(done);
                 progress = true;
             }
+            this.backpressured |= this.over_unsent_bound();
             let next = this.check_timers(Instant::now());
+            let unsent = this.queue.unsent_bytes();
             if let Poll::Ready(Err(err)) = this.queue.poll_write(&mut this.io, cx) {
                 debug!(peer = %this.peer, error = %err, "write failed");
                 return Poll::Ready(());
+            }
+            if this.backpressured {
+                progress |= this.relieve_backpressure(unsent);
             }
             if this.is_done() {
                 return Poll::Ready(());
             }
             progress |= poll_timer(&mut this.timer, next, cx);
             if !progress {
+                this.shrink_if_idle();
                 return Poll::Pending;
             }
         }

@@ -48,6 +48,8 @@ mod connection;
 pub mod context;
 mod dedupe;
 mod handler;
+mod handshake_pool;
+mod limit;
 mod server;
 
 pub use dedupe::{DedupeConfig, MAX_REQUEST_ID_LEN, REPLAYED_KEY, REQUEST_ID_KEY};

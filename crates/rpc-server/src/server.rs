@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_codec::{FrameEncoder, GoAway, GoAwayCode};
-use rpc_transport::handshake;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
-use crate::connection::{Shared, serve_connection};
+use crate::connection::{Admission, Shared, serve_connection};
 use crate::dedupe::{DedupeConfig, DedupeTable};
 use crate::handler::{Handler, Router};
+use crate::handshake_pool::HandshakePool;
 
 /// Configures a [`Server`]: limits, timeouts and the handlers of its methods.
 ///
@@ -42,9 +41,53 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// How long a new connection has to deliver its preface and HELLO. Default 10 s.
+    /// How long a new connection has to deliver its preface and HELLO. Default 5 s: a client
+    /// sends both at once after connecting, so an honest one needs a round trip at most; a socket
+    /// that sends nothing (or a few bytes) gives its place back soon.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Connections still in their handshake at once, a pool separate from
+    /// [`max_connections`](Self::max_connections). Default 256. When it is full, a new connection
+    /// closes the *oldest* handshaking one (with GOAWAY `HANDSHAKE_TIMEOUT`), so sockets that
+    /// never finish their handshake cannot keep honest clients out: a client's handshake takes a
+    /// round trip, an attacker's ones are evicted by the next 256 connections. Connections that
+    /// finished their handshake are never affected.
+    pub fn max_handshaking(mut self, connections: usize) -> Self {
+        self.config.max_handshaking = connections.max(1);
+        self
+    }
+
+    /// Bytes a connection may have queued and not yet written (responses, PONGs, GOAWAY) before
+    /// it stops reading from the client and stops polling its calls' handlers, until the client
+    /// reads. Default 1 MiB, at least 64 KiB. TCP then pushes back on a client that sends without
+    /// reading, so a connection's memory stays within this bound plus one frame, whatever the
+    /// client does. While reads are paused, progress of writes counts as a sign of life for the
+    /// heartbeat; a client that reads nothing for the dead bound is closed.
+    pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_unsent_bytes = bytes.max(64 * 1024);
+        self
+    }
+
+    /// Calls running at once on the whole server, across all its connections. A call over it is
+    /// refused at once with RESOURCE_EXHAUSTED and NOT_EXECUTED, before any application code
+    /// runs. Default 10,000: handlers are async and mostly wait, so this is far above what a
+    /// 2–16 core machine runs well, while the per-connection default (100 calls × 1024
+    /// connections) would allow 102,400.
+    pub fn server_concurrency_limit(mut self, calls: usize) -> Self {
+        self.config.server_concurrency_limit = calls;
+        self
+    }
+
+    /// Calls of `method` running at once on the whole server; over it, refused like
+    /// [`server_concurrency_limit`](Self::server_concurrency_limit). Default: no limit per
+    /// method. For a method that is expensive or uses a scarce resource (a database pool).
+    pub fn method_concurrency_limit(mut self, method: &str, calls: usize) -> Self {
+        self.config
+            .method_concurrency_limits
+            .insert(method.into(), calls);
         self
     }
 
@@ -84,8 +127,13 @@ impl ServerBuilder {
         self
     }
 
-    /// Connections served at once; a connection beyond it gets GOAWAY `OVERLOADED` and is closed.
-    /// Default 1024.
+    /// Connections served at once (after their handshake; see
+    /// [`max_handshaking`](Self::max_handshaking) for those before). A connection beyond it has
+    /// its HELLO read, gets GOAWAY `OVERLOADED` instead of HELLO_ACK and is closed, so its client
+    /// reads why (its error says the server is overloaded) instead of seeing a reset. Default
+    /// 1024, lowered at start, with a warning, when the process's open-file limit
+    /// (`RLIMIT_NOFILE`, `ulimit -n`) cannot hold it plus the handshake pool plus 64 files for
+    /// everything else.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections;
         self
@@ -97,12 +145,21 @@ impl ServerBuilder {
         self
     }
 
-    /// How many CANCELs of calls that never started a connection may send per window before it is
-    /// closed with GOAWAY `TOO_MANY_CANCELS` (the HTTP/2 rapid-reset defence). Default 200 per
-    /// 10 s.
-    pub fn max_unstarted_cancels(mut self, cancels: u32, window: Duration) -> Self {
-        self.config.max_unstarted_cancels = cancels;
-        self.config.unstarted_cancel_window = window;
+    /// The rapid-reset defence (HTTP/2's CVE-2023-44487): a connection is closed with GOAWAY
+    /// `TOO_MANY_CANCELS` when more than `min_cancels` of its recent calls, and more than
+    /// `max_share_percent` % of them, were cancelled before their handler started. Default 100
+    /// and 90 %. The attack sends REQUEST and CANCEL together for every call (100 %); an honest
+    /// client that drops half its calls' futures stays near 50 % or below, since a call starts
+    /// as soon as it is read. Recent means the counts are halved every 2048 calls.
+    ///
+    /// When it fires, the GOAWAY's last call id covers every call received, nothing more is read
+    /// from the connection, and the calls already running finish and get their RESPONSE (within
+    /// the drain grace) before it closes.
+    pub fn cancel_flood_limit(mut self, min_cancels: u32, max_share_percent: u32) -> Self {
+        self.config.cancel_flood = crate::config::CancelFloodLimit {
+            min_cancels,
+            max_share_percent: max_share_percent.min(100),
+        };
         self
     }
 
@@ -154,6 +211,10 @@ impl ServerBuilder {
                     .dedupe
                     .clone()
                     .map(|config| Arc::new(DedupeTable::new(config))),
+                limits: crate::limit::Limits::new(
+                    self.config.server_concurrency_limit,
+                    &self.config.method_concurrency_limits,
+                ),
                 config: self.config,
                 router: self.router,
             }),
@@ -195,10 +256,27 @@ impl Server {
     /// When the listener has no local address.
     pub fn serve(self, listener: TcpListener) -> io::Result<ServerHandle> {
         let local_addr = listener.local_addr()?;
+        let config = &self.shared.config;
+        let mut limits = (config.max_connections, config.max_handshaking);
+        if let Some(files) = crate::config::open_file_limit() {
+            if let Some((connections, handshaking)) = config.fit_file_limit(files) {
+                warn!(
+                    files,
+                    connections,
+                    handshaking,
+                    "the open-file limit (RLIMIT_NOFILE) cannot hold max_connections {} plus \
+                     max_handshaking {}: lowered (raise it with `ulimit -n`)",
+                    config.max_connections,
+                    config.max_handshaking,
+                );
+                limits = (connections, handshaking);
+            }
+        }
         let drain = CancellationToken::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
+            limits,
             self.shared,
             drain.clone(),
             stop.clone(),
@@ -259,34 +337,35 @@ impl ServerHandle {
     }
 }
 
+/// `limits`: the serving limit and the handshake pool's size, as fitted to the file limit.
 async fn accept_loop(
     listener: TcpListener,
+    (max_connections, max_handshaking): (usize, usize),
     shared: Arc<Shared>,
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let handshaking = HandshakePool::new(max_handshaking);
     loop {
         let accepted = tokio::select! {
             () = drain.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((io, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => {
-                    let (shared, drain, stop) = (Arc::clone(&shared), drain.clone(), stop.clone());
-                    let detached = tracker.clone();
-                    tracker.spawn(async move {
-                        serve_connection(io, peer, shared, drain, stop, detached).await;
-                        drop(slot);
-                    });
-                }
-                Err(_) => {
-                    warn!(%peer, "connection limit reached; refusing");
-                    tracker.spawn(refuse_overloaded(io));
-                }
-            },
+            Ok((io, peer)) => {
+                let admission = Admission {
+                    ticket: handshaking.enter(),
+                    slots: Arc::clone(&slots),
+                    max_connections,
+                };
+                let (shared, drain, stop) = (Arc::clone(&shared), drain.clone(), stop.clone());
+                let detached = tracker.clone();
+                tracker.spawn(serve_connection(
+                    io, peer, shared, admission, drain, stop, detached,
+                ));
+            }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 warn!(error = %err, "accept failed");
@@ -302,14 +381,4 @@ async fn accept_loop(
         stop.cancel();
         tracker.wait().await;
     }
-}
-
-async fn refuse_overloaded(mut io: TcpStream) {
-    let goaway = GoAway::new(0, GoAwayCode::OVERLOADED, "connection limit reached");
-    let mut encoder = FrameEncoder::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        handshake::send_goaway(&mut io, &mut encoder, goaway),
-    )
-    .await;
 }

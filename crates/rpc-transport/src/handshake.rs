@@ -61,7 +61,8 @@ pub async fn read_item<R: AsyncRead + Unpin>(
 
 /// Server side: waits for the client's preface and HELLO, then answers with our preface and
 /// HELLO_ACK. On a protocol error it sends its preface and GOAWAY with the error's code before
-/// returning.
+/// returning. [`read_hello`] and [`send_hello_ack`] are its two halves, for a server that decides
+/// between them whether to take the connection.
 ///
 /// # Errors
 /// [`HandshakeError`]; the caller closes the connection.
@@ -73,15 +74,30 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     local: Settings,
     timeout: Duration,
 ) -> Result<Hello, HandshakeError> {
+    let hello = read_hello(io, buf, decoder, encoder, timeout).await?;
+    send_hello_ack(io, encoder, local).await?;
+    Ok(hello)
+}
+
+/// Server side, first half: waits up to `timeout` for the client's preface and HELLO, and records
+/// the client's settings in `encoder`. On a protocol error it sends its preface and GOAWAY with the
+/// error's code before returning (not when the client closed inside the preface or HELLO).
+///
+/// # Errors
+/// [`HandshakeError`]; the caller closes the connection.
+pub async fn read_hello<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+    encoder: &mut FrameEncoder,
+    timeout: Duration,
+) -> Result<Hello, HandshakeError> {
     let hello = tokio::time::timeout(timeout, read_item(io, buf, decoder))
         .await
         .map_err(|_| HandshakeError::Timeout(timeout))?;
     match hello {
         Ok(Some(Ok(Frame::Hello(hello)))) => {
             encoder.set_peer_settings(hello.settings);
-            let mut out = BytesMut::new();
-            encoder.encode(Frame::HelloAck(HelloAck::new(local)), &mut out)?;
-            io.write_all(&out).await?;
             Ok(hello)
         }
         Ok(None) => Err(HandshakeError::Closed),
@@ -96,6 +112,21 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         // The decoder only yields HELLO before the handshake; anything else is an error above.
         Ok(Some(_)) => Err(HandshakeError::Closed),
     }
+}
+
+/// Server side, second half: our preface and HELLO_ACK announcing `local`.
+///
+/// # Errors
+/// The transport's error.
+pub async fn send_hello_ack<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    encoder: &mut FrameEncoder,
+    local: Settings,
+) -> Result<(), HandshakeError> {
+    let mut out = BytesMut::new();
+    encoder.encode(Frame::HelloAck(HelloAck::new(local)), &mut out)?;
+    io.write_all(&out).await?;
+    Ok(())
 }
 
 /// Client side: sends our preface and HELLO, then waits for HELLO_ACK (or GOAWAY). When the

@@ -28,5 +28,5 @@ mod write_queue;
 
 pub use handshake::HandshakeError;
 pub use heartbeat::{Beat, Heartbeat, MIN_HEARTBEAT_INTERVAL};
-pub use poll::{poll_fill, poll_timer};
+pub use poll::{IDLE_READ_ROOM, poll_fill, poll_timer};
 pub use write_queue::WriteQueue;

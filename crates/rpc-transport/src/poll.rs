@@ -13,15 +13,26 @@ use tokio::time::{Instant, Sleep};
 const READ_ROOM: usize = 4 * 1024;
 /// How much the read buffer grows when it runs short.
 const READ_GROWTH: usize = 16 * 1024;
+/// What a buffer without capacity (freed while the connection was idle) gets for its first
+/// read: enough for heartbeat frames; it grows as usual once more arrives.
+pub const IDLE_READ_ROOM: usize = 512;
 
 /// Reads what the transport has into `buf`, growing it first if it is nearly full.
 /// `Ready(Ok(0))` is the end of the stream.
+///
+/// A buffer with no capacity at all (an idle connection frees its buffer) gets
+/// [`IDLE_READ_ROOM`] bytes, and an empty one with at least half that free reads into what it
+/// has, so heartbeats on an idle connection keep it small; any other gets `READ_GROWTH` (16 KiB)
+/// more when less than `READ_ROOM` (4 KiB) is free.
 pub fn poll_fill<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_ROOM {
+    let room = buf.capacity() - buf.len();
+    if buf.capacity() == 0 {
+        buf.reserve(IDLE_READ_ROOM);
+    } else if room < READ_ROOM && !(buf.is_empty() && room >= IDLE_READ_ROOM / 2) {
         buf.reserve(READ_GROWTH);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)

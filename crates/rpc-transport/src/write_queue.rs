@@ -21,12 +21,18 @@ const MAX_SLICES: usize = 64;
 /// being written only between chunks, so this bounds how much of a batch it waits behind.
 const CHUNK_LIMIT: usize = 64 * 1024;
 
+/// Chunk slots an idle queue keeps allocated; more are freed by
+/// [`WriteQueue::shrink_when_empty`].
+const IDLE_CHUNKS: usize = 8;
+
 /// A run of bytes to write, and whether a frame ends where it ends (an urgent frame may only go
 /// in after a chunk that ends one).
 #[derive(Debug)]
 struct Chunk {
     bytes: Bytes,
     ends_frame: bool,
+    /// A PONG moved ahead of the batch: a newer one replaces it while it has not started.
+    pong: bool,
 }
 
 /// The frames a connection has to write, in batches.
@@ -50,6 +56,8 @@ pub struct WriteQueue {
     next: VecDeque<Chunk>,
     staging: BytesMut,
     urgent: BytesMut,
+    /// Bytes queued and not yet handed to the transport, in every part above.
+    unsent: usize,
 }
 
 impl WriteQueue {
@@ -62,8 +70,9 @@ impl WriteQueue {
             current_seq: 0,
             at_frame_start: true,
             next: VecDeque::new(),
-            staging: BytesMut::with_capacity(8 * 1024),
+            staging: BytesMut::new(),
             urgent: BytesMut::new(),
+            unsent: 0,
         }
     }
 
@@ -77,15 +86,19 @@ impl WriteQueue {
     /// # Errors
     /// [`EncodeError`] if the frame breaks the peer's limits; nothing is queued then.
     pub fn push(&mut self, frame: &Frame) -> Result<u64, EncodeError> {
+        let before = self.staging.len();
         let payload = self.encoder.encode_head(frame, &mut self.staging)?;
+        self.unsent += self.staging.len() - before + payload.len();
         if payload.len() >= COPY_LIMIT {
             self.next.push_back(Chunk {
                 bytes: self.staging.split().freeze(),
                 ends_frame: false,
+                pong: false,
             });
             self.next.push_back(Chunk {
                 bytes: payload,
                 ends_frame: true,
+                pong: false,
             });
         } else {
             self.staging.extend_from_slice(&payload);
@@ -96,13 +109,19 @@ impl WriteQueue {
         Ok(self.current_seq + 1)
     }
 
-    /// Queues `frame` at the front of the next batch, ahead of frames queued before it.
+    /// Queues the PONG `frame` ahead of every frame not yet started, *replacing* a PONG queued
+    /// before it that has not started either: at most one PONG waits, however many PINGs arrive
+    /// (the HTTP/2 "ping flood" defence, CVE-2019-9512). Answering only the newest PING is what
+    /// §5.6 asks: a PONG proves the peer read everything up to that PING.
     ///
     /// # Errors
     /// [`EncodeError`] if the frame cannot be encoded.
-    pub fn push_urgent(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+    pub fn replace_pong(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        self.unsent -= self.urgent.len();
+        self.urgent.clear();
         let payload = self.encoder.encode_head(frame, &mut self.urgent)?;
         self.urgent.extend_from_slice(&payload);
+        self.unsent += self.urgent.len();
         Ok(())
     }
 
@@ -113,6 +132,33 @@ impl WriteQueue {
         self.next.clear();
         self.staging.clear();
         self.urgent.clear();
+        self.unsent = self.current.iter().map(|chunk| chunk.bytes.len()).sum();
+    }
+
+    /// Bytes queued that the transport has not taken yet: what the connection's bound on unsent
+    /// bytes is checked against.
+    #[must_use]
+    pub fn unsent_bytes(&self) -> usize {
+        self.unsent
+    }
+
+    /// Frees the buffers' spare capacity when nothing is queued, so an idle connection keeps no
+    /// memory from its busiest moment. Cheap when there is nothing to free.
+    pub fn shrink_when_empty(&mut self) {
+        if self.is_empty() {
+            if self.staging.capacity() > 0 {
+                self.staging = BytesMut::new();
+            }
+            if self.urgent.capacity() > 0 {
+                self.urgent = BytesMut::new();
+            }
+            if self.current.capacity() > IDLE_CHUNKS {
+                self.current = VecDeque::new();
+            }
+            if self.next.capacity() > IDLE_CHUNKS {
+                self.next = VecDeque::new();
+            }
+        }
     }
 
     /// Whether nothing is waiting to be written.
@@ -138,6 +184,7 @@ impl WriteQueue {
             self.next.push_back(Chunk {
                 bytes: self.staging.split().freeze(),
                 ends_frame: true,
+                pong: false,
             });
         }
     }
@@ -145,9 +192,17 @@ impl WriteQueue {
     /// Moves urgent frames to the front of the batch being written, if a frame boundary is next.
     fn take_urgent(&mut self) {
         if self.at_frame_start && !self.urgent.is_empty() {
+            // At a frame boundary the front chunk has not started: an older PONG there is
+            // replaced, so a stalled transport still holds one.
+            if self.current.front().is_some_and(|chunk| chunk.pong) {
+                if let Some(older) = self.current.pop_front() {
+                    self.unsent -= older.bytes.len();
+                }
+            }
             self.current.push_front(Chunk {
                 bytes: self.urgent.split().freeze(),
                 ends_frame: true,
+                pong: true,
             });
         }
     }
@@ -171,6 +226,7 @@ impl WriteQueue {
     }
 
     fn advance(&mut self, mut n: usize) {
+        self.unsent -= n;
         while n > 0 {
             let Some(front) = self.current.front_mut() else {
                 return;
@@ -321,7 +377,7 @@ mod tests {
         };
         let _ = q.poll_write(&mut blocked, &mut cx); // batch 1 started, nothing written
         q.push(&request(2, 10)).unwrap();
-        q.push_urgent(&Frame::Ping(Ping { opaque: [1; 8] }))
+        q.replace_pong(&Frame::Ping(Ping { opaque: [1; 8] }))
             .unwrap();
         q.discard_unstarted();
         let mut io = Trickle {
@@ -444,7 +500,7 @@ mod tests {
         let _ = q.poll_write(&mut pending, &mut cx);
         q.push(&request(2, 5)).unwrap();
         let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
-        q.push_urgent(&pong).unwrap();
+        q.replace_pong(&pong).unwrap();
         let mut io = Trickle {
             out: Vec::new(),
             max: 30,
@@ -463,7 +519,7 @@ mod tests {
         }
         let mut out = write_some(&mut q, 5); // inside request 1
         let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
-        q.push_urgent(&pong).unwrap();
+        q.replace_pong(&pong).unwrap();
         let mut io = Trickle {
             out: Vec::new(),
             max: 999,
@@ -491,7 +547,7 @@ mod tests {
         }
         let mut out = write_some(&mut q, 10);
         let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
-        q.push_urgent(&pong).unwrap();
+        q.replace_pong(&pong).unwrap();
         let mut io = Trickle {
             out: Vec::new(),
             max: usize::MAX,
@@ -509,6 +565,138 @@ mod tests {
         let mut rest = decoded;
         rest.remove(at);
         assert_eq!(rest, frames);
+    }
+
+    #[test]
+    fn a_newer_pong_replaces_one_not_started_so_a_ping_flood_queues_one() {
+        let mut q = queue();
+        for n in 0..10_000_u64 {
+            let pong = Frame::Pong(
+                Ping {
+                    opaque: n.to_be_bytes(),
+                }
+                .pong(),
+            );
+            q.replace_pong(&pong).unwrap();
+        }
+        assert_eq!(
+            q.unsent_bytes(),
+            32,
+            "one PONG: a 24-byte header and 8 opaque bytes"
+        );
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        let last = Frame::Pong(
+            Ping {
+                opaque: 9_999_u64.to_be_bytes(),
+            }
+            .pong(),
+        );
+        assert_eq!(
+            decode(&io.out),
+            vec![last],
+            "only the newest PING is answered"
+        );
+    }
+
+    #[test]
+    fn a_stalled_transport_still_holds_one_pong() {
+        let mut q = queue();
+        q.push(&request(1, 10)).unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut stalled = Stalls {
+            out: Vec::new(),
+            left: 0,
+        };
+        let request_bytes = q.unsent_bytes();
+        for n in 0..1000_u64 {
+            let pong = Frame::Pong(
+                Ping {
+                    opaque: n.to_be_bytes(),
+                }
+                .pong(),
+            );
+            q.replace_pong(&pong).unwrap();
+            assert!(q.poll_write(&mut stalled, &mut cx).is_pending());
+            assert_eq!(q.unsent_bytes(), request_bytes + 32);
+        }
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        let last = Frame::Pong(
+            Ping {
+                opaque: 999_u64.to_be_bytes(),
+            }
+            .pong(),
+        );
+        assert_eq!(decode(&io.out), vec![last, request(1, 10)]);
+    }
+
+    #[test]
+    fn unsent_bytes_count_what_the_transport_has_not_taken() {
+        let frames = [request(1, 100), request(2, 20_000)];
+        let mut reference = queue();
+        let mut all = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        for frame in &frames {
+            reference.push(frame).unwrap();
+        }
+        drain(&mut reference, &mut all);
+        let mut q = queue();
+        for frame in &frames {
+            q.push(frame).unwrap();
+        }
+        let queued = q.unsent_bytes();
+        assert_eq!(queued, all.out.len(), "every byte of both frames");
+        let taken = write_some(&mut q, 1000);
+        assert_eq!(q.unsent_bytes(), queued - taken.len());
+        q.replace_pong(&Frame::Pong(Ping { opaque: [1; 8] }.pong()))
+            .unwrap();
+        assert_eq!(q.unsent_bytes(), queued - taken.len() + 32);
+        q.push(&request(3, 10)).unwrap();
+        q.discard_unstarted();
+        drain(&mut q, &mut all);
+        assert_eq!(q.unsent_bytes(), 0);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_empty_queue_frees_its_spare_capacity() {
+        let mut q = queue();
+        for id in 1..=2000 {
+            q.push(&request(id, 100)).unwrap();
+        }
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        q.shrink_when_empty();
+        assert_eq!(q.staging.capacity(), 0);
+        assert!(q.current.capacity() <= IDLE_CHUNKS && q.next.capacity() <= IDLE_CHUNKS);
+        q.push(&request(1, 10)).unwrap();
+        let queued = q.unsent_bytes();
+        q.shrink_when_empty();
+        assert_eq!(q.unsent_bytes(), queued, "a queue with frames keeps them");
+        let mut io = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut io);
+        assert_eq!(decode(&io.out), vec![request(1, 10)]);
     }
 
     #[test]
