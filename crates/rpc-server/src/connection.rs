@@ -29,8 +29,7 @@ use rpc_codec::{
 };
 use rpc_core::{CallContext, Idempotency, Status, StatusCode};
 use rpc_transport::{Beat, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -41,7 +40,7 @@ use crate::call::{self, CallDone, CallFuture, RunningCall, dispatch, start};
 use crate::config::ServerConfig;
 use crate::dedupe::{self, Claim, DedupeTable, REQUEST_ID_KEY};
 use crate::handler::{Handler, HandlerResult, Router};
-use crate::handshake_pool::Ticket;
+use crate::handshake_pool::{HandshakePool, Ticket};
 use crate::limit::{CallPermit, Limits, Refused};
 
 /// What every connection of a server shares.
@@ -53,6 +52,10 @@ pub(crate) struct Shared {
     pub(crate) dedupe: Option<Arc<DedupeTable>>,
     /// The concurrency limits across all connections.
     pub(crate) limits: Limits,
+    /// The serving slots: one per connection past its handshake.
+    pub(crate) slots: Arc<Semaphore>,
+    /// The connections in their handshake.
+    pub(crate) handshaking: Arc<HandshakePool>,
 }
 
 /// What a connection needs to start detached executions (the dedupe window): the server's task
@@ -71,38 +74,25 @@ const FRAMES_PER_POLL: usize = 256;
 /// may not be reading.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// What a new connection needs from the accept loop: its place in the handshake pool, and the
-/// serving slots it takes one of once its handshake is done.
-pub(crate) struct Admission {
-    pub(crate) ticket: Ticket,
-    pub(crate) slots: Arc<Semaphore>,
-    /// How many slots there are, for the refusal's message.
-    pub(crate) max_connections: usize,
-}
-
 /// Accepts one connection: handshake under its timeout (or until a newer connection evicts it
 /// from the handshake pool), a serving slot, then the connection's life.
-pub(crate) async fn serve_connection(
-    mut io: TcpStream,
+pub(crate) async fn serve_connection<S>(
+    mut io: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    admission: Admission,
+    ticket: Ticket,
     drain: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
-) {
-    let _ = io.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let config = &shared.config;
     let local = config.settings();
     // Grown by the handshake as bytes arrive: a socket that sends nothing costs no buffer.
     let mut read_buf = BytesMut::new();
     let mut decoder = FrameDecoder::builder(Role::Server).settings(&local).build();
     let mut encoder = FrameEncoder::new();
-    let Admission {
-        ticket,
-        slots,
-        max_connections,
-    } = admission;
     let read = tokio::select! {
         read = handshake::read_hello(
             &mut io, &mut read_buf, &mut decoder, &mut encoder, config.handshake_timeout,
@@ -133,13 +123,14 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    let Ok(slot) = slots.try_acquire_owned() else {
+    let Ok(slot) = Arc::clone(&shared.slots).try_acquire_owned() else {
         warn!(%peer, "connection limit reached; refusing");
         let goaway = GoAway::new(
             0,
             GoAwayCode::OVERLOADED,
             format!(
-                "the server is overloaded: its limit of {max_connections} connections is reached"
+                "the server is overloaded: its limit of {} connections is reached",
+                config.max_connections
             ),
         );
         refuse(&mut io, &mut encoder, goaway).await;
@@ -181,7 +172,11 @@ pub(crate) async fn serve_connection(
 /// Sends `goaway` to a connection that is not taken, then closes it so the client reads the
 /// GOAWAY rather than a reset: our side is shut down and what the client sends is read and
 /// dropped until it closes, for at most [`CLOSE_LINGER`].
-async fn refuse(io: &mut TcpStream, encoder: &mut FrameEncoder, goaway: GoAway) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    encoder: &mut FrameEncoder,
+    goaway: GoAway,
+) {
     let linger = async {
         handshake::send_goaway(io, encoder, goaway).await?;
         io.shutdown().await?;
@@ -234,8 +229,8 @@ impl CancelShare {
     }
 }
 
-struct Connection {
-    io: TcpStream,
+struct Connection<S> {
+    io: S,
     read_buf: BytesMut,
     decoder: FrameDecoder,
     queue: WriteQueue,
@@ -263,7 +258,7 @@ struct Connection {
     shrink_when_idle: bool,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn config(&self) -> &ServerConfig {
         &self.shared.config
     }
@@ -694,7 +689,7 @@ impl Connection {
     }
 }
 
-impl Future for Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -13,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::ServerConfig;
-use crate::connection::{Admission, Shared, serve_connection};
+use crate::connection::{Shared, serve_connection};
 use crate::dedupe::{DedupeConfig, DedupeTable};
 use crate::handler::{Handler, Router};
 use crate::handshake_pool::HandshakePool;
@@ -197,8 +198,26 @@ impl ServerBuilder {
         service.register(self)
     }
 
-    /// The server.
+    /// The server. When the process's open-file limit (`RLIMIT_NOFILE`) cannot hold
+    /// [`max_connections`](Self::max_connections) plus [`max_handshaking`](Self::max_handshaking)
+    /// plus 64, both are lowered to fit and a warning says so.
     pub fn build(mut self) -> Server {
+        if let Some(files) = crate::config::open_file_limit() {
+            let config = &mut self.config;
+            if let Some((connections, handshaking)) = config.fit_file_limit(files) {
+                warn!(
+                    files,
+                    connections,
+                    handshaking,
+                    "the open-file limit (RLIMIT_NOFILE) cannot hold max_connections {} plus \
+                     max_handshaking {}: lowered (raise it with `ulimit -n`)",
+                    config.max_connections,
+                    config.max_handshaking,
+                );
+                config.max_connections = connections;
+                config.max_handshaking = handshaking;
+            }
+        }
         self.config.dedupe_instance = if self.config.dedupe.is_some() {
             crate::config::new_dedupe_instance()
         } else {
@@ -211,6 +230,8 @@ impl ServerBuilder {
                     .dedupe
                     .clone()
                     .map(|config| Arc::new(DedupeTable::new(config))),
+                slots: Arc::new(Semaphore::new(self.config.max_connections)),
+                handshaking: HandshakePool::new(self.config.max_handshaking),
                 limits: crate::limit::Limits::new(
                     self.config.server_concurrency_limit,
                     &self.config.method_concurrency_limits,
@@ -241,6 +262,29 @@ impl Server {
         ServerBuilder::default()
     }
 
+    /// Serves one connection over any byte stream (an in-memory pipe, a TLS stream, a Unix
+    /// socket), as if accepted by a listener: the handshake under its timeout and in the
+    /// handshake pool, a serving slot, and every limit of this server, shared with its listeners.
+    /// Resolves when the connection ends; dropping the future closes it. A [`ServerHandle`]'s
+    /// shutdown does not reach it. `peer` is what handlers see as the peer address.
+    pub async fn serve_io<S>(&self, io: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ticket = self.shared.handshaking.enter();
+        let tracker = TaskTracker::new();
+        serve_connection(
+            io,
+            peer,
+            Arc::clone(&self.shared),
+            ticket,
+            CancellationToken::new(),
+            CancellationToken::new(),
+            tracker,
+        )
+        .await;
+    }
+
     /// Binds `addr` and serves it in the background.
     ///
     /// # Errors
@@ -256,27 +300,10 @@ impl Server {
     /// When the listener has no local address.
     pub fn serve(self, listener: TcpListener) -> io::Result<ServerHandle> {
         let local_addr = listener.local_addr()?;
-        let config = &self.shared.config;
-        let mut limits = (config.max_connections, config.max_handshaking);
-        if let Some(files) = crate::config::open_file_limit() {
-            if let Some((connections, handshaking)) = config.fit_file_limit(files) {
-                warn!(
-                    files,
-                    connections,
-                    handshaking,
-                    "the open-file limit (RLIMIT_NOFILE) cannot hold max_connections {} plus \
-                     max_handshaking {}: lowered (raise it with `ulimit -n`)",
-                    config.max_connections,
-                    config.max_handshaking,
-                );
-                limits = (connections, handshaking);
-            }
-        }
         let drain = CancellationToken::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
-            limits,
             self.shared,
             drain.clone(),
             stop.clone(),
@@ -337,17 +364,13 @@ impl ServerHandle {
     }
 }
 
-/// `limits`: the serving limit and the handshake pool's size, as fitted to the file limit.
 async fn accept_loop(
     listener: TcpListener,
-    (max_connections, max_handshaking): (usize, usize),
     shared: Arc<Shared>,
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let handshaking = HandshakePool::new(max_handshaking);
     loop {
         let accepted = tokio::select! {
             () = drain.cancelled() => break,
@@ -355,15 +378,12 @@ async fn accept_loop(
         };
         match accepted {
             Ok((io, peer)) => {
-                let admission = Admission {
-                    ticket: handshaking.enter(),
-                    slots: Arc::clone(&slots),
-                    max_connections,
-                };
+                let _ = io.set_nodelay(true);
+                let ticket = shared.handshaking.enter();
                 let (shared, drain, stop) = (Arc::clone(&shared), drain.clone(), stop.clone());
                 let detached = tracker.clone();
                 tracker.spawn(serve_connection(
-                    io, peer, shared, admission, drain, stop, detached,
+                    io, peer, shared, ticket, drain, stop, detached,
                 ));
             }
             Err(err) => {
