@@ -155,6 +155,10 @@ const ABANDONED: u8 = 2;
 pub(crate) struct CallSlot {
     state: AtomicU8,
     call_id: AtomicU64,
+    /// How long the call waited in the connection before the writer took it, in microseconds:
+    /// taken out of the latency the channel records, so a queue under overload does not make the
+    /// server look slow.
+    waited_micros: AtomicU64,
 }
 
 impl CallSlot {
@@ -162,9 +166,12 @@ impl CallSlot {
         Arc::new(Self::default())
     }
 
-    /// The writer takes the request; false if the caller already gave up.
-    pub(crate) fn hand_over(&self, call_id: u64) -> bool {
+    /// The writer takes the request after it waited `waited` in the connection; false if the
+    /// caller already gave up.
+    pub(crate) fn hand_over(&self, call_id: u64, waited: Duration) -> bool {
         self.call_id.store(call_id, Ordering::Relaxed);
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.waited_micros.store(micros, Ordering::Relaxed);
         self.state
             .compare_exchange(QUEUED, HANDED_OVER, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -175,6 +182,16 @@ impl CallSlot {
         self.state
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// Whether the caller gave up before the writer took the request.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// How long the call waited before the writer took it (valid once handed over).
+    pub(crate) fn waited(&self) -> Duration {
+        Duration::from_micros(self.waited_micros.load(Ordering::Relaxed))
     }
 
     /// The call id the writer gave the request (valid once handed over).

@@ -18,6 +18,8 @@ pub(crate) struct ClientConfig {
     pub(crate) max_metadata_size: u32,
     pub(crate) reconnect_backoff: Backoff,
     pub(crate) max_connections: usize,
+    pub(crate) max_unsent_bytes: usize,
+    pub(crate) max_queued_calls: usize,
     pub(crate) wait_for_ready: bool,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) hedge: Option<HedgePolicy>,
@@ -35,6 +37,8 @@ impl Default for ClientConfig {
             max_metadata_size: rpc_core::metadata::DEFAULT_MAX_METADATA_SIZE,
             reconnect_backoff: Backoff::reconnect_default(),
             max_connections: 2,
+            max_unsent_bytes: 1024 * 1024,
+            max_queued_calls: 1024,
             wait_for_ready: true,
             retry: Some(RetryPolicy::default()),
             hedge: None,
@@ -140,6 +144,32 @@ impl ChannelBuilder {
     /// first needed.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// Bytes of requests a connection may have queued and not yet written before it holds new
+    /// calls back (in the queue of [`max_queued_calls`](Self::max_queued_calls)) until the server
+    /// reads. Default 1 MiB, at least 64 KiB: with a server that stops reading, a connection's
+    /// memory stays within this plus one frame plus the held calls.
+    pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_unsent_bytes = bytes.max(64 * 1024);
+        self
+    }
+
+    /// Calls a connection holds back, unsent, while the server's MAX_CONCURRENT_CALLS are all in
+    /// use (or its unsent bytes are at their bound). Default 1024. Held calls are admitted in
+    /// order as slots free, and none is sent to fail:
+    /// - a call that would join a full queue fails at once with RESOURCE_EXHAUSTED, NOT_SENT;
+    /// - a call whose deadline leaves less than the predicted wait (the calls ahead of it, at
+    ///   the server's concurrency per observed service time) plus its method's observed latency
+    ///   fails at once with DEADLINE_EXCEEDED, NOT_SENT;
+    /// - a held call whose deadline comes nearer than its method's observed latency fails then
+    ///   with DEADLINE_EXCEEDED, NOT_SENT.
+    ///
+    /// Under overload the server then only gets calls that can finish, so goodput stays at its
+    /// capacity instead of decaying as calls time out in its handlers.
+    pub fn max_queued_calls(mut self, calls: usize) -> Self {
+        self.config.max_queued_calls = calls;
         self
     }
 

@@ -67,6 +67,16 @@ pub enum ConnectionError {
         /// What the handshake saw.
         source: Arc<HandshakeError>,
     },
+    /// The server refused the connection because it is overloaded: its connection limit is
+    /// reached (GOAWAY `OVERLOADED` in the handshake). The channel tries again after its backoff.
+    Overloaded {
+        /// The address.
+        addr: SocketAddr,
+        /// The server's message.
+        message: String,
+        /// The handshake's error.
+        source: Arc<HandshakeError>,
+    },
     /// The handshake failed.
     Handshake {
         /// The address.
@@ -108,6 +118,11 @@ impl std::fmt::Display for ConnectionError {
             Self::IncompatiblePeer { addr, .. } => {
                 write!(f, "the peer at {addr} does not speak keel protocol v1")
             }
+            Self::Overloaded { addr, message, .. } => write!(
+                f,
+                "the server at {addr} is overloaded and refused the connection (OVERLOADED: \
+                 {message})"
+            ),
             Self::Handshake { addr, .. } => write!(f, "handshake with {addr} failed"),
             Self::Closed => f.write_str("the server closed the connection"),
             Self::Io(_) => f.write_str("the connection failed"),
@@ -142,9 +157,9 @@ impl std::error::Error for ConnectionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect { source, .. } | Self::Io(source) => Some(&**source),
-            Self::Handshake { source, .. } | Self::IncompatiblePeer { source, .. } => {
-                Some(&**source)
-            }
+            Self::Handshake { source, .. }
+            | Self::IncompatiblePeer { source, .. }
+            | Self::Overloaded { source, .. } => Some(&**source),
             Self::Protocol(source) => Some(&**source),
             Self::Closed
             | Self::HeartbeatTimeout { .. }
@@ -167,8 +182,28 @@ pub(crate) struct CallCommand {
     /// The attempt's deadline: a withdrawn call holding its slot long past it makes the
     /// connection stale.
     pub(crate) deadline: Deadline,
+    /// The method's observed latency (zero when unknown or not looked up): a call held back for
+    /// a server slot fails, NOT_SENT, once its deadline is nearer than this.
+    pub(crate) expected: Duration,
+    /// When the caller handed it over, to measure its wait in the connection.
+    pub(crate) created: Instant,
     pub(crate) slot: Arc<CallSlot>,
     pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+impl CallCommand {
+    /// When waiting longer leaves less than the method's observed latency.
+    fn give_up_at(&self) -> Instant {
+        let deadline = self.deadline.instant();
+        deadline.checked_sub(self.expected).unwrap_or(deadline)
+    }
+
+    /// Fails the call, never sent.
+    fn refuse(self, err: Error) {
+        if self.slot.hand_over(0, self.created.elapsed()) {
+            let _ = self.reply.send(Err(err));
+        }
+    }
 }
 
 /// What a channel knows about one of its connections.
@@ -231,9 +266,21 @@ pub(crate) async fn connect(
                 DecodeError::BadMagic { .. } | DecodeError::UnsupportedVersion { .. }
             )
         );
+        let overloaded = match &source {
+            HandshakeError::Refused { code, message } if *code == GoAwayCode::OVERLOADED => {
+                Some(message.clone())
+            }
+            _ => None,
+        };
         let source = Arc::new(source);
         if incompatible {
             ConnectionError::IncompatiblePeer { addr, source }
+        } else if let Some(message) = overloaded {
+            ConnectionError::Overloaded {
+                addr,
+                message,
+                source,
+            }
         } else {
             ConnectionError::Handshake { addr, source }
         }
@@ -253,6 +300,11 @@ pub(crate) async fn connect(
         callers_gone: false,
         pending: HashMap::new(),
         waiting: VecDeque::new(),
+        next_give_up: None,
+        service_time: None,
+        max_queued: config.max_queued_calls,
+        max_unsent: config.max_unsent_bytes,
+        shrink_when_idle: false,
         max_concurrent: usize::try_from(ack.settings.max_concurrent_calls).unwrap_or(usize::MAX),
         last_call_id: 0,
         usable: Arc::clone(&usable),
@@ -287,6 +339,8 @@ struct Pending {
     /// The write batch its REQUEST went into.
     batch: u64,
     deadline: Deadline,
+    /// When its REQUEST was queued for writing.
+    sent_at: Instant,
 }
 
 struct Connection {
@@ -300,8 +354,18 @@ struct Connection {
     pending: HashMap<u64, Pending>,
     /// Calls whose callers gave up, until the server is known to have freed their slots.
     withdrawn: Withdrawals,
-    /// Calls held back because the server's MAX_CONCURRENT_CALLS are all in use; not yet sent.
+    /// Calls held back, not yet sent: the server's MAX_CONCURRENT_CALLS are all in use, or the
+    /// unsent bytes are at their bound. At most `max_queued`.
     waiting: VecDeque<CallCommand>,
+    /// The earliest [`CallCommand::give_up_at`] among `waiting`, when one is due.
+    next_give_up: Option<Instant>,
+    /// Moving average of how long a call holds a server slot (REQUEST queued to RESPONSE): the
+    /// rate at which held-back calls get one.
+    service_time: Option<Duration>,
+    max_queued: usize,
+    max_unsent: usize,
+    /// A heartbeat frame arrived: the buffers shrink once the connection is idle.
+    shrink_when_idle: bool,
     max_concurrent: usize,
     last_call_id: u64,
     usable: Arc<AtomicBool>,
@@ -358,7 +422,10 @@ impl Connection {
     /// caller's reply channel if the caller still waits.
     fn complete(&mut self, call_id: u64) -> Option<oneshot::Sender<Result<Reply, Error>>> {
         let reply = match self.pending.remove(&call_id) {
-            Some(pending) => Some(pending.reply),
+            Some(pending) => {
+                self.record_service_time(pending.sent_at.elapsed());
+                Some(pending.reply)
+            }
             None if self.withdrawn.answered(call_id) => None,
             None => return None,
         };
@@ -366,24 +433,107 @@ impl Connection {
         reply
     }
 
-    /// Sends held-back calls while the server has free slots.
+    /// Whether a new call must be held back: no free server slot, or the unsent bytes at their
+    /// bound (the server is not reading).
+    fn must_hold(&self) -> bool {
+        self.slots_held() >= self.max_concurrent || self.queue.unsent_bytes() >= self.max_unsent
+    }
+
+    fn record_service_time(&mut self, sample: Duration) {
+        self.service_time = Some(match self.service_time {
+            None => sample,
+            // Weight 1/8: steady under jitter, follows a change within a few dozen calls.
+            Some(average) => (average * 7 + sample) / 8,
+        });
+    }
+
+    /// Sends held-back calls while the server has free slots and the unsent bytes are under
+    /// their bound; a call whose deadline is now nearer than its method's latency fails instead.
     fn admit_waiting(&mut self) {
-        while self.slots_held() < self.max_concurrent {
+        let now = Instant::now();
+        while !self.must_hold() {
             let Some(call) = self.waiting.pop_front() else {
                 return;
             };
+            if now >= call.give_up_at() && !call.expected.is_zero() {
+                let err = too_late(&call, now);
+                call.refuse(err);
+                continue;
+            }
             self.send_call(call);
         }
     }
 
+    /// How long the call at `position` of the queue can expect to wait for a server slot: slots
+    /// free at `max_concurrent` per service time. `None` until a call has been answered.
+    fn predicted_wait(&self, position: usize) -> Option<Duration> {
+        let service = self.service_time?;
+        let ahead = u32::try_from(position + 1).unwrap_or(u32::MAX);
+        let slots = u32::try_from(self.max_concurrent.max(1)).unwrap_or(u32::MAX);
+        Some(service.saturating_mul(ahead) / slots)
+    }
+
     fn on_call(&mut self, call: CallCommand) {
-        if self.slots_held() >= self.max_concurrent && self.goaway_last.is_none() && !self.retiring
-        {
-            // Respect the server's announced limit: hold the call, unsent, until a slot frees.
-            self.waiting.push_back(call);
+        if !self.must_hold() || self.goaway_last.is_some() || self.retiring {
+            return self.send_call(call);
+        }
+        // Respect the server's announced limit: hold the call, unsent, until a slot frees, if it
+        // can still finish in its deadline.
+        if self.waiting.len() >= self.max_queued {
+            // Calls whose callers gave up keep no place.
+            self.waiting.retain(|held| !held.slot.is_abandoned());
+        }
+        if self.waiting.len() >= self.max_queued {
+            let message = format!(
+                "{} calls already wait for one of the server's {} concurrent calls on this \
+                 connection",
+                self.waiting.len(),
+                self.max_concurrent
+            );
+            return call.refuse(Error::from_code(
+                StatusCode::RESOURCE_EXHAUSTED,
+                message,
+                Outcome::NotSent,
+            ));
+        }
+        let now = Instant::now();
+        let left = call.deadline.remaining(now);
+        if let Some(wait) = self.predicted_wait(self.waiting.len()) {
+            if left < wait + call.expected {
+                let message = format!(
+                    "not sent: {left:?} left, and a call waits about {wait:?} for a server slot \
+                     here, then takes about {:?}",
+                    call.expected
+                );
+                return call.refuse(Error::from_code(
+                    StatusCode::DEADLINE_EXCEEDED,
+                    message,
+                    Outcome::NotSent,
+                ));
+            }
+        }
+        let give_up = call.give_up_at();
+        self.next_give_up = Some(self.next_give_up.map_or(give_up, |at| at.min(give_up)));
+        self.waiting.push_back(call);
+    }
+
+    /// Fails every held-back call whose deadline is now nearer than its method's latency.
+    fn expire_waiting(&mut self, now: Instant) {
+        if self.next_give_up.is_none_or(|at| now < at) {
             return;
         }
-        self.send_call(call);
+        let mut next: Option<Instant> = None;
+        for call in std::mem::take(&mut self.waiting) {
+            let give_up = call.give_up_at();
+            if now >= give_up {
+                let err = too_late(&call, now);
+                call.refuse(err);
+            } else {
+                next = Some(next.map_or(give_up, |at| at.min(give_up)));
+                self.waiting.push_back(call);
+            }
+        }
+        self.next_give_up = next;
     }
 
     fn send_call(&mut self, mut call: CallCommand) {
@@ -398,7 +548,7 @@ impl Connection {
             return;
         }
         let call_id = self.last_call_id + 1;
-        if !call.slot.hand_over(call_id) {
+        if !call.slot.hand_over(call_id, call.created.elapsed()) {
             return; // the caller gave up first: never sent
         }
         call.request.call_id = call_id;
@@ -411,6 +561,7 @@ impl Connection {
                         reply: call.reply,
                         batch,
                         deadline: call.deadline,
+                        sent_at: Instant::now(),
                     },
                 );
             }
@@ -427,10 +578,15 @@ impl Connection {
         match item {
             Ok(Frame::Response(response)) => self.on_response(response),
             Ok(Frame::Ping(ping)) => {
-                let _ = self.queue.push_urgent(&Frame::Pong(ping.pong()));
+                // A newer PING's PONG replaces one not yet written: a flood queues one.
+                let _ = self.queue.replace_pong(&Frame::Pong(ping.pong()));
+                self.shrink_when_idle = true;
             }
             Ok(Frame::GoAway(goaway)) => self.on_goaway(goaway),
-            Ok(Frame::Pong(pong)) => self.on_pong(u64::from_be_bytes(pong.opaque)),
+            Ok(Frame::Pong(pong)) => {
+                self.shrink_when_idle = true;
+                self.on_pong(u64::from_be_bytes(pong.opaque));
+            }
             // Extensions are skipped.
             Ok(_) => {}
             Err(rejected) => {
@@ -531,11 +687,13 @@ impl Connection {
                 }
             }
         }
+        self.next_give_up = None;
         for call in calls {
-            if call.slot.hand_over(0) {
-                let err = Error::from_code(StatusCode::UNAVAILABLE, why, Outcome::NotSent);
-                let _ = call.reply.send(Err(err));
-            }
+            call.refuse(Error::from_code(
+                StatusCode::UNAVAILABLE,
+                why,
+                Outcome::NotSent,
+            ));
         }
     }
 
@@ -662,11 +820,15 @@ impl Connection {
             self.send_ping();
             self.withdrawn.pinged(now);
         }
-        let heartbeat = self.heartbeat.as_ref().map(Heartbeat::next_due);
-        match (heartbeat, self.withdrawn.next_probe()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.expire_waiting(now);
+        [
+            self.heartbeat.as_ref().map(Heartbeat::next_due),
+            self.withdrawn.next_probe(),
+            self.next_give_up,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A withdrawn call held its slot past its deadline plus the dead bound: the server is not
@@ -696,6 +858,21 @@ impl Connection {
         }
     }
 
+    /// Frees the read buffer's and write queue's spare capacity once a heartbeat shows the
+    /// connection idle: no call waiting or held, nothing buffered either way.
+    fn shrink_if_idle(&mut self) {
+        if self.shrink_when_idle
+            && self.slots_held() == 0
+            && self.waiting.is_empty()
+            && self.read_buf.is_empty()
+            && self.queue.is_empty()
+        {
+            self.shrink_when_idle = false;
+            self.read_buf = BytesMut::new();
+            self.queue.shrink_when_empty();
+        }
+    }
+
     /// Queues a PING behind every frame queued so far, numbered by the count of PINGs sent.
     fn send_ping(&mut self) {
         self.pings_sent += 1;
@@ -722,7 +899,14 @@ impl Future for Connection {
             }
             this.deferred = false;
             let next = this.check_timers(Instant::now());
-            match this.queue.poll_write(&mut this.io, cx) {
+            let unsent = this.queue.unsent_bytes();
+            let write = this.queue.poll_write(&mut this.io, cx);
+            if this.queue.unsent_bytes() < unsent.min(this.max_unsent) && !this.waiting.is_empty() {
+                // The server read what held calls back.
+                this.admit_waiting();
+                progress = true;
+            }
+            match write {
                 Poll::Ready(Err(err)) => {
                     this.fail(ConnectionError::Io(Arc::new(err)), GoAwayCode::NO_ERROR);
                     this.in_flight.store(0, Ordering::Release);
@@ -752,12 +936,26 @@ impl Future for Connection {
             }
             progress |= poll_timer(&mut this.timer, next, cx);
             if !progress {
+                this.shrink_if_idle();
                 return Poll::Pending;
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// A held-back call whose deadline is nearer than its method's latency: failed, NOT_SENT, rather
+/// than sent to fail.
+fn too_late(call: &CallCommand, now: Instant) -> Error {
+    let message = format!(
+        "not sent: {:?} left after waiting {:?} for a server slot, less than the {:?} the method \
+         takes",
+        call.deadline.remaining(now),
+        call.created.elapsed(),
+        call.expected
+    );
+    Error::from_code(StatusCode::DEADLINE_EXCEEDED, message, Outcome::NotSent)
 }
 
 /// Checks a request against the server's limits before it is queued, so an oversize call fails

@@ -1,6 +1,7 @@
 //! The bottom of the stack: one attempt on one connection of the pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_codec::{Budget, Request};
@@ -60,16 +61,28 @@ impl CallService for Dispatch {
         }
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
-        let result = send_and_wait(&conn, request, attempt.deadline).await;
+        let slot = CallSlot::new();
+        // Only a call likely to wait for a server slot needs its method's latency (a lock): the
+        // connection's queue uses it to fail calls that can no longer finish in time.
+        let in_flight = conn.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        let limit = usize::try_from(conn.peer.max_concurrent_calls).unwrap_or(usize::MAX);
+        let expected = if in_flight + 1 >= limit {
+            self.latency.average(method.as_str())
+        } else {
+            Duration::ZERO
+        };
+        let result = send_and_wait(&conn, request, attempt.deadline, &slot, expected).await;
         // The method's observed latency: the average counts every attempt the server answered
         // (to judge whether another fits in a deadline), the hedging percentiles only successes.
+        // Time spent waiting in the connection for a server slot is not the server's latency.
         let answered = match &result {
             Ok(_) => true,
             Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
         };
         if answered {
+            let latency = now.elapsed().saturating_sub(slot.waited());
             self.latency
-                .record(method.as_str(), now.elapsed(), result.is_ok());
+                .record(method.as_str(), latency, result.is_ok());
         }
         if let (Err(err), Some(_)) = (&result, &attempt.call.request_id) {
             if matches!(err.outcome(), Outcome::Executed | Outcome::MaybeExecuted) {
@@ -100,18 +113,22 @@ pub(crate) fn deadline_exceeded(outcome: Outcome) -> Error {
 }
 
 /// Hands `request` to the connection and waits for its result until `deadline`. Dropping the
-/// returned future withdraws the call.
+/// returned future withdraws the call. `expected`: the method's observed latency, for the
+/// connection's queue to judge whether the call can still finish in time.
 async fn send_and_wait(
     conn: &ConnectionHandle,
     request: Request,
     deadline: Deadline,
+    slot: &Arc<CallSlot>,
+    expected: Duration,
 ) -> Result<Reply, Error> {
-    let slot = CallSlot::new();
     let (reply, response) = oneshot::channel();
     let command = Command::Call(CallCommand {
         request,
         deadline,
-        slot: Arc::clone(&slot),
+        expected,
+        created: tokio::time::Instant::now(),
+        slot: Arc::clone(slot),
         reply,
     });
     if conn.commands.send(command).is_err() {
@@ -122,7 +139,7 @@ async fn send_and_wait(
         ));
     }
     let mut guard = WithdrawOnDrop {
-        slot: &slot,
+        slot,
         commands: &conn.commands,
         armed: true,
     };
