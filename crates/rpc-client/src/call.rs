@@ -177,11 +177,16 @@ impl CallSlot {
             .is_ok()
     }
 
-    /// The caller gives up; true if the request will never be sent.
+    /// The caller gives up, or the connection refuses the call before writing it; true if the
+    /// request will never be sent (it was not handed to the writer, whoever gave up first).
     pub(crate) fn abandon(&self) -> bool {
-        self.state
+        match self
+            .state
             .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        {
+            Ok(_) | Err(ABANDONED) => true,
+            Err(_) => false,
+        }
     }
 
     /// Whether the caller gave up before the writer took the request.

@@ -192,15 +192,27 @@ pub(crate) struct CallCommand {
 }
 
 impl CallCommand {
-    /// When waiting longer leaves less than the method's observed latency.
-    fn give_up_at(&self) -> Instant {
-        let deadline = self.deadline.instant();
-        deadline.checked_sub(self.expected).unwrap_or(deadline)
+    /// The latency to expect: the method's, or else `fallback` (the connection's service time).
+    fn expected_or(&self, fallback: Option<Duration>) -> Duration {
+        if self.expected.is_zero() {
+            fallback.unwrap_or_default()
+        } else {
+            self.expected
+        }
     }
 
-    /// Fails the call, never sent.
+    /// When waiting longer leaves less than the latency to expect.
+    fn give_up_at(&self, fallback: Option<Duration>) -> Instant {
+        let deadline = self.deadline.instant();
+        deadline
+            .checked_sub(self.expected_or(fallback))
+            .unwrap_or(deadline)
+    }
+
+    /// Fails the call, never sent. (If its caller gave up at the same moment, the caller reports
+    /// NOT_SENT itself.)
     fn refuse(self, err: Error) {
-        if self.slot.hand_over(0, self.created.elapsed()) {
+        if self.slot.abandon() {
             let _ = self.reply.send(Err(err));
         }
     }
@@ -441,7 +453,13 @@ impl Connection {
 
     fn record_service_time(&mut self, sample: Duration) {
         self.service_time = Some(match self.service_time {
-            None => sample,
+            None => {
+                // Held calls' give-up times were reckoned without it: look again.
+                if !self.waiting.is_empty() {
+                    self.next_give_up = Some(Instant::now());
+                }
+                sample
+            }
             // Weight 1/8: steady under jitter, follows a change within a few dozen calls.
             Some(average) => (average * 7 + sample) / 8,
         });
@@ -455,8 +473,9 @@ impl Connection {
             let Some(call) = self.waiting.pop_front() else {
                 return;
             };
-            if now >= call.give_up_at() && !call.expected.is_zero() {
-                let err = too_late(&call, now);
+            let expected = call.expected_or(self.service_time);
+            if now >= call.give_up_at(self.service_time) && !expected.is_zero() {
+                let err = too_late(&call, expected, now);
                 call.refuse(err);
                 continue;
             }
@@ -498,12 +517,12 @@ impl Connection {
         }
         let now = Instant::now();
         let left = call.deadline.remaining(now);
+        let expected = call.expected_or(self.service_time);
         if let Some(wait) = self.predicted_wait(self.waiting.len()) {
-            if left < wait + call.expected {
+            if left < wait + expected {
                 let message = format!(
                     "not sent: {left:?} left, and a call waits about {wait:?} for a server slot \
-                     here, then takes about {:?}",
-                    call.expected
+                     here, then takes about {expected:?}"
                 );
                 return call.refuse(Error::from_code(
                     StatusCode::DEADLINE_EXCEEDED,
@@ -512,7 +531,7 @@ impl Connection {
                 ));
             }
         }
-        let give_up = call.give_up_at();
+        let give_up = call.give_up_at(self.service_time);
         self.next_give_up = Some(self.next_give_up.map_or(give_up, |at| at.min(give_up)));
         self.waiting.push_back(call);
     }
@@ -524,9 +543,9 @@ impl Connection {
         }
         let mut next: Option<Instant> = None;
         for call in std::mem::take(&mut self.waiting) {
-            let give_up = call.give_up_at();
+            let give_up = call.give_up_at(self.service_time);
             if now >= give_up {
-                let err = too_late(&call, now);
+                let err = too_late(&call, call.expected_or(self.service_time), now);
                 call.refuse(err);
             } else {
                 next = Some(next.map_or(give_up, |at| at.min(give_up)));
@@ -947,13 +966,12 @@ impl Future for Connection {
 
 /// A held-back call whose deadline is nearer than its method's latency: failed, NOT_SENT, rather
 /// than sent to fail.
-fn too_late(call: &CallCommand, now: Instant) -> Error {
+fn too_late(call: &CallCommand, expected: Duration, now: Instant) -> Error {
     let message = format!(
-        "not sent: {:?} left after waiting {:?} for a server slot, less than the {:?} the method \
-         takes",
+        "not sent: {:?} left after waiting {:?} for a server slot, less than the {expected:?} a \
+         call takes",
         call.deadline.remaining(now),
         call.created.elapsed(),
-        call.expected
     );
     Error::from_code(StatusCode::DEADLINE_EXCEEDED, message, Outcome::NotSent)
 }

@@ -354,7 +354,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     fn on_request(&mut self, request: Request) {
         let id = request.call_id;
-        self.cancels.called();
         if self.goaway_last.is_some_and(|last| id > last) || self.phase != Phase::Open {
             return self.refuse(id, StatusCode::UNAVAILABLE, "server is draining".into());
         }
@@ -412,8 +411,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Ok(work) => {
                 let (future, mut running) = dispatch(id, deadline, work);
                 running.permit = Some(permit);
-                self.calls.push(future);
-                self.running.insert(id, running);
+                self.run(id, future, running);
             }
             Err((status, not_executed)) => self.respond(id, Err(status), not_executed, false),
         }
@@ -464,16 +462,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let mut running = running;
         running.permit = Some(permit);
+        self.run(id, future, running);
+    }
+
+    /// Starts tracking a dispatched call. Only these count as calls for the rapid-reset
+    /// defence: a refused REQUEST cost nothing, and its CANCEL finds no call.
+    fn run(&mut self, id: u64, future: CallFuture, running: RunningCall) {
+        self.cancels.called();
         self.calls.push(future);
         self.running.insert(id, running);
     }
 
     fn on_cancel(&mut self, call_id: u64) {
-        let Some(call) = self.running.get(&call_id) else {
+        // The slot is freed now, before any later frame is read: a PING after this CANCEL is
+        // answered only once the call no longer counts against MAX_CONCURRENT_CALLS (§9.2), and
+        // its RESPONSE is queued now. The aborted future's own ending is ignored (`finish`).
+        let Some(call) = self.running.remove(&call_id) else {
             return; // already finished: its response stands
         };
         let never_started = !call.has_started();
         call.abort.abort();
+        drop(call); // and its places under the concurrency limits
+        let cancelled = Status::new(StatusCode::CANCELLED, "cancelled by the client");
+        self.respond(call_id, Err(cancelled), never_started, false);
         let limit = &self.shared.config.cancel_flood;
         if never_started && self.cancels.cancelled_unstarted(limit) && self.phase == Phase::Open {
             warn!(peer = %self.peer, "most calls cancelled before they ran; closing");
@@ -493,7 +504,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     fn finish(&mut self, done: CallDone) {
-        self.running.remove(&done.call_id);
+        if self.running.remove(&done.call_id).is_none() {
+            return; // cancelled: answered when the CANCEL came
+        }
         self.respond(done.call_id, done.result, done.not_executed, done.replayed);
     }
 
@@ -581,18 +594,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Drops every running call, then closes once the last frames are written. Each dropped call
     /// still gets its one RESPONSE (§7: every call at or below the last call id does):
-    /// NOT_EXECUTED if its handler never started (CANCELLED if the client had cancelled it),
-    /// else UNAVAILABLE with `why`, without the flag, since the handler did start.
+    /// UNAVAILABLE with NOT_EXECUTED if its handler never started, else UNAVAILABLE with `why`,
+    /// without the flag, since the handler did start. (Cancelled calls were answered already.)
     fn drop_running(&mut self, why: &str) {
         self.calls = FuturesUnordered::new();
         for (call_id, call) in std::mem::take(&mut self.running) {
             let never_started = !call.has_started();
-            let status = if !never_started {
-                Status::new(StatusCode::UNAVAILABLE, why)
-            } else if call.abort.is_aborted() {
-                Status::new(StatusCode::CANCELLED, "cancelled by the client")
-            } else {
+            let status = if never_started {
                 Status::new(StatusCode::UNAVAILABLE, "the connection is closing")
+            } else {
+                Status::new(StatusCode::UNAVAILABLE, why)
             };
             self.respond(call_id, Err(status), never_started, false);
         }

@@ -148,7 +148,8 @@ impl ServerBuilder {
 
     /// The rapid-reset defence (HTTP/2's CVE-2023-44487): a connection is closed with GOAWAY
     /// `TOO_MANY_CANCELS` when more than `min_cancels` of its recent calls, and more than
-    /// `max_share_percent` % of them, were cancelled before their handler started. Default 100
+    /// `max_share_percent` % of them, were cancelled before their handler started. (Calls
+    /// counts the REQUESTs dispatched; one refused at once costs nothing and is not counted.) Default 100
     /// and 90 %. The attack sends REQUEST and CANCEL together for every call (100 %); an honest
     /// client that drops half its calls' futures stays near 50 % or below, since a call starts
     /// as soon as it is read. Recent means the counts are halved every 2048 calls.
