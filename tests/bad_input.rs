@@ -406,6 +406,8 @@ fn every_runtime_row_of_the_bad_input_table_names_a_test_that_exists() {
         ("faults", include_str!("faults.rs")),
         ("bad_input", include_str!("bad_input.rs")),
         ("service", include_str!("service.rs")),
+        ("overload", include_str!("overload.rs")),
+        ("memory_bounds", include_str!("memory_bounds.rs")),
     ];
     let table = protocol
         .split_once("## 15. Bad input")

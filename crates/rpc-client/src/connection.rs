@@ -27,7 +27,7 @@ use rpc_codec::{
 };
 use rpc_core::{Deadline, Error, Outcome, Status, StatusCode};
 use rpc_transport::{
-    Beat, HandshakeError, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer,
+    Beat, HandshakeError, Heartbeat, IDLE_READ_ROOM, WriteQueue, handshake, poll_fill, poll_timer,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -887,7 +887,7 @@ impl Connection {
             && self.queue.is_empty()
         {
             self.shrink_when_idle = false;
-            self.read_buf = BytesMut::new();
+            self.read_buf = BytesMut::with_capacity(IDLE_READ_ROOM);
             self.queue.shrink_when_empty();
         }
     }

@@ -28,7 +28,9 @@ use rpc_codec::{
     Request, Response, Role,
 };
 use rpc_core::{CallContext, Idempotency, Status, StatusCode};
-use rpc_transport::{Beat, Heartbeat, WriteQueue, handshake, poll_fill, poll_timer};
+use rpc_transport::{
+    Beat, Heartbeat, IDLE_READ_ROOM, WriteQueue, handshake, poll_fill, poll_timer,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
@@ -684,7 +686,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             && self.queue.is_empty()
         {
             self.shrink_when_idle = false;
-            self.read_buf = BytesMut::new();
+            self.read_buf = BytesMut::with_capacity(IDLE_READ_ROOM);
             self.queue.shrink_when_empty();
         }
     }

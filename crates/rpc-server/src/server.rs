@@ -64,8 +64,10 @@ impl ServerBuilder {
     /// Bytes a connection may have queued and not yet written (responses, PONGs, GOAWAY) before
     /// it stops reading from the client and stops polling its calls' handlers, until the client
     /// reads. Default 1 MiB, at least 64 KiB. TCP then pushes back on a client that sends without
-    /// reading, so a connection's memory stays within this bound plus one frame, whatever the
-    /// client does. While reads are paused, progress of writes counts as a sign of life for the
+    /// reading, so whatever the client does a connection holds at most: this bound plus one
+    /// response of unsent output, one request frame of read buffer, and the requests of the calls
+    /// already dispatched (at most [`max_concurrent_calls`](Self::max_concurrent_calls), each at
+    /// most [`max_frame_size`](Self::max_frame_size)). While reads are paused, progress of writes counts as a sign of life for the
     /// heartbeat; a client that reads nothing for the dead bound is closed.
     pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
         self.config.max_unsent_bytes = bytes.max(64 * 1024);

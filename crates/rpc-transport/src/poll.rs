@@ -13,26 +13,29 @@ use tokio::time::{Instant, Sleep};
 const READ_ROOM: usize = 4 * 1024;
 /// How much the read buffer grows when it runs short.
 const READ_GROWTH: usize = 16 * 1024;
-/// What a buffer without capacity (freed while the connection was idle) gets for its first
-/// read: enough for heartbeat frames; it grows as usual once more arrives.
+/// The read buffer of an idle connection: enough for heartbeat frames; it grows as usual once
+/// more arrives.
 pub const IDLE_READ_ROOM: usize = 512;
+/// Below this much room, an idle buffer grows as usual (its next read could not hold a PING).
+const IDLE_MIN_ROOM: usize = 64;
 
 /// Reads what the transport has into `buf`, growing it first if it is nearly full.
 /// `Ready(Ok(0))` is the end of the stream.
 ///
-/// A buffer with no capacity at all (an idle connection frees its buffer) gets
-/// [`IDLE_READ_ROOM`] bytes, and an empty one with at least half that free reads into what it
-/// has, so heartbeats on an idle connection keep it small; any other gets `READ_GROWTH` (16 KiB)
-/// more when less than `READ_ROOM` (4 KiB) is free.
+/// A buffer gets `READ_GROWTH` (16 KiB) more when less than `READ_ROOM` (4 KiB) is free, except an
+/// empty one of at most [`IDLE_READ_ROOM`] bytes with a little room left: that is the buffer of an
+/// idle connection (which shrinks to `IDLE_READ_ROOM`), and heartbeats are read into it as it is,
+/// so they do not grow it back. A buffer with no room at all gets `IDLE_READ_ROOM`.
 pub fn poll_fill<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     let room = buf.capacity() - buf.len();
+    let idle = buf.is_empty() && buf.capacity() <= IDLE_READ_ROOM && room >= IDLE_MIN_ROOM;
     if buf.capacity() == 0 {
         buf.reserve(IDLE_READ_ROOM);
-    } else if room < READ_ROOM && !(buf.is_empty() && room >= IDLE_READ_ROOM / 2) {
+    } else if room < READ_ROOM && !idle {
         buf.reserve(READ_GROWTH);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
