@@ -34,14 +34,7 @@ fn expect_response(item: Option<Result<Frame, keel::codec::FrameError>>) -> Resp
 
 /// The GOAWAY a raw connection ends with, and that it then closes.
 async fn expect_goaway_and_close(raw: &mut RawClient) -> GoAway {
-    let items = raw.recv_until_closed().await;
-    items
-        .into_iter()
-        .find_map(|item| match item {
-            Ok(Frame::GoAway(g)) => Some(g),
-            _ => None,
-        })
-        .expect("a GOAWAY before the close")
+    support::first_goaway(&raw.recv_until_closed().await)
 }
 
 /// A well-behaved client calling in a loop while a test misbehaves on other connections; its
@@ -272,13 +265,7 @@ async fn a_flood_of_cancels_for_calls_that_never_ran_closes_the_connection() {
     }
     raw.send_raw(&bytes).await;
     let items = raw.recv_until_closed().await;
-    let goaway = items
-        .iter()
-        .find_map(|item| match item {
-            Ok(Frame::GoAway(g)) => Some(g.clone()),
-            _ => None,
-        })
-        .expect("a GOAWAY before the close");
+    let goaway = support::first_goaway(&items);
     assert_eq!(goaway.code, GoAwayCode::TOO_MANY_CANCELS);
     // Exactly one RESPONSE for every call at or below the last call id (§7), the call whose
     // CANCEL tripped the limit included: cancelled before it started, so NOT_EXECUTED.

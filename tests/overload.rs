@@ -277,13 +277,7 @@ async fn a_cancel_flood_closes_the_connection_after_its_running_calls_are_answer
     }
     raw.send_raw(&bytes).await;
     let items = raw.recv_until_closed().await;
-    let goaway = items
-        .iter()
-        .find_map(|item| match item {
-            Ok(Frame::GoAway(g)) => Some(g.clone()),
-            _ => None,
-        })
-        .expect("a GOAWAY before the close");
+    let goaway = support::first_goaway(&items);
     assert_eq!(goaway.code, GoAwayCode::TOO_MANY_CANCELS);
     let mut answered = Vec::new();
     for item in &items {

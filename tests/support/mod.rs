@@ -139,6 +139,17 @@ impl RawClient {
     }
 }
 
+/// The first GOAWAY among `items` (what [`RawClient::recv_until_closed`] returned).
+pub fn first_goaway(items: &[Decoded]) -> keel::codec::GoAway {
+    items
+        .iter()
+        .find_map(|item| match item {
+            Ok(Frame::GoAway(g)) => Some(g.clone()),
+            _ => None,
+        })
+        .expect("a GOAWAY before the close")
+}
+
 /// A server played by hand on 127.0.0.1:0 for one connection: it completes the handshake
 /// announcing `settings`, then hands every frame it receives to `on_frame` and writes back the
 /// frames it returns (so returning nothing plays a hung server). It holds the socket for up to
