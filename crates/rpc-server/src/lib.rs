@@ -38,7 +38,12 @@
 //!   request id ([`REQUEST_ID_KEY`]) runs at most once per (method, id) while the window keeps it:
 //!   a retry waits for the first execution or gets its recorded result, marked [`REPLAYED_KEY`];
 //! - PINGs are answered ahead of queued responses; a silent client is dropped after the dead bound;
-//! - bad input closes only the connection it came on, after a GOAWAY naming the rule broken.
+//! - bad input closes only the connection it came on, after a GOAWAY naming the rule broken;
+//! - memory stays bounded whatever a peer does: a connection stops reading at
+//!   [`ServerBuilder::max_unsent_bytes`], a PING flood queues one PONG, handshakes have a pool of
+//!   their own ([`ServerBuilder::max_handshaking`]) where the oldest is evicted, and calls are
+//!   bounded per connection, per method and across the server
+//!   ([`ServerBuilder::server_concurrency_limit`]), refused NOT_EXECUTED over a limit.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
