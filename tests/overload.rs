@@ -667,3 +667,111 @@ async fn a_server_that_stops_reading_makes_the_client_hold_then_refuse_calls() {
     assert!(full >= 100, "{full} refused");
     server.abort();
 }
+
+/// A client busy reading a backlog answers the server's PING late, since the PING is behind the
+/// backlog: 24 MiB of responses read at about 8 MB/s, a 100 ms heartbeat and a 1.5 s dead bound.
+/// The server counts the client's reading (its writes taken again after a stall) as a sign of
+/// life, so the connection lives and a slow call running meanwhile gets its result. Before, the
+/// server declared the client dead within 3 s and cut the slow call off (MAYBE_EXECUTED at the
+/// client). Found by the `server_connection` fuzz target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_backlog_is_not_declared_dead() {
+    use tokio::io::AsyncReadExt;
+    let _heavy = HEAVY.lock().await; // its reading pace matters
+    const BIG: usize = 256 * 1024;
+    let server = start(
+        Server::builder()
+            .register("Echo.big", |_ctx: CallContext, _payload: Bytes| async move {
+                Ok(Bytes::from(vec![7_u8; BIG]))
+            })
+            .register("Slow.work", |_ctx: CallContext, payload: Bytes| async move {
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                Ok(payload)
+            })
+            .heartbeat_interval(Duration::from_millis(100))
+            // A 1.5 s dead bound: more than reading what the kernel's buffers hold takes (a few
+            // MiB, about 0.5 s), which is not seen (docs/PROTOCOL.md §10), less than the backlog.
+            .dead_after_intervals(15)
+            // Never backpressured: the backlog sits in the server's queue, below the bound.
+            .max_unsent_bytes(64 * 1024 * 1024),
+    )
+    .await;
+    let settings = Settings {
+        heartbeat_interval_ms: 100,
+        ..Settings::default()
+    };
+    let (mut raw, _) = RawClient::handshake(server.local_addr(), settings).await;
+    let mut bytes = BytesMut::new();
+    let slow = Request::new(
+        1,
+        MethodName::from_static("Slow.work"),
+        Bytes::from_static(b"s"),
+    );
+    raw.encoder
+        .encode(Frame::Request(slow), &mut bytes)
+        .unwrap();
+    for id in 2..=97_u64 {
+        let request = Request::new(id, MethodName::from_static("Echo.big"), Bytes::new());
+        raw.encoder
+            .encode(Frame::Request(request), &mut bytes)
+            .unwrap();
+    }
+    raw.send_raw(&bytes).await;
+    let started = Instant::now();
+    let (mut big, mut slow_result, mut pings) = (0, None, 0);
+    while slow_result.is_none() || big < 96 {
+        // Read slowly: 64 KiB every 8 ms, answering every PING at once.
+        loop {
+            match tokio_util::codec::Decoder::decode(&mut raw.decoder, &mut raw.buf).unwrap() {
+                Some(Ok(Frame::Response(r))) if r.call_id == 1 => slow_result = Some(r),
+                Some(Ok(Frame::Response(r))) => {
+                    assert_eq!(r.payload.len(), BIG, "{:?}", r.status);
+                    big += 1;
+                }
+                Some(Ok(Frame::Ping(ping))) => {
+                    use tokio::io::AsyncWriteExt;
+                    pings += 1;
+                    let mut out = BytesMut::new();
+                    raw.encoder
+                        .encode(Frame::Pong(ping.pong()), &mut out)
+                        .unwrap();
+                    if let Err(err) = raw.io.write_all(&out).await {
+                        let mut rest = Vec::new();
+                        while let Ok(Some(item)) =
+                            tokio_util::codec::Decoder::decode(&mut raw.decoder, &mut raw.buf)
+                        {
+                            rest.push(item);
+                        }
+                        panic!(
+                            "PONG not sent after {:?}, {big} read: {err}; then {rest:?}",
+                            started.elapsed()
+                        );
+                    }
+                }
+                Some(other) => panic!("{other:?} after {:?}", started.elapsed()),
+                None => break,
+            }
+        }
+        raw.buf.reserve(64 * 1024);
+        let mut chunk = vec![0_u8; 64 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), raw.io.read(&mut chunk))
+            .await
+            .expect("the server keeps sending")
+            .unwrap();
+        assert!(n > 0, "the server closed after {:?}", started.elapsed());
+        raw.buf.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    let slow_result = slow_result.unwrap();
+    println!(
+        "24 MiB read in {:?}, {pings} PINGs answered",
+        started.elapsed()
+    );
+    assert_eq!(
+        slow_result.status.code(),
+        StatusCode::OK,
+        "{:?}",
+        slow_result.status
+    );
+    server.shutdown().await;
+}

@@ -920,6 +920,12 @@ impl Future for Connection {
             let next = this.check_timers(Instant::now());
             let unsent = this.queue.unsent_bytes();
             let write = this.queue.poll_write(&mut this.io, cx);
+            if this.queue.take_peer_read() {
+                // The server is reading our backlog of requests; its PONG may be behind it.
+                if let Some(heartbeat) = &mut this.heartbeat {
+                    heartbeat.received(Instant::now());
+                }
+            }
             if this.queue.unsent_bytes() < unsent.min(this.max_unsent) && !this.waiting.is_empty() {
                 // The server read what held calls back.
                 this.admit_waiting();

@@ -660,16 +660,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.queue.unsent_bytes() >= self.config().max_unsent_bytes
     }
 
-    /// After a write while reads are paused: the client took `unsent_before - now` bytes, a sign
-    /// of life for the heartbeat (frames from it are not being read). Returns true when the
-    /// queue is back under its bound and reading resumes.
-    fn relieve_backpressure(&mut self, unsent_before: usize) -> bool {
-        let unsent = self.queue.unsent_bytes();
-        if unsent < unsent_before {
-            if let Some(heartbeat) = &mut self.heartbeat {
-                heartbeat.received(Instant::now());
-            }
-        }
+    /// After a write while reads are paused: true when the queue is back under its bound and
+    /// reading resumes.
+    fn relieve_backpressure(&mut self) -> bool {
         if !self.over_unsent_bound() {
             self.backpressured = false;
             return true;
@@ -726,13 +719,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
             }
             this.backpressured |= this.over_unsent_bound();
             let next = this.check_timers(Instant::now());
-            let unsent = this.queue.unsent_bytes();
             if let Poll::Ready(Err(err)) = this.queue.poll_write(&mut this.io, cx) {
                 debug!(peer = %this.peer, error = %err, "write failed");
                 return Poll::Ready(());
             }
+            if this.queue.take_peer_read() {
+                // The client is reading our backlog (its PONG may be behind it, and while reads
+                // are paused its frames are not read at all): it is alive.
+                if let Some(heartbeat) = &mut this.heartbeat {
+                    heartbeat.received(Instant::now());
+                }
+            }
             if this.backpressured {
-                progress |= this.relieve_backpressure(unsent);
+                progress |= this.relieve_backpressure();
             }
             if this.is_done() {
                 return Poll::Ready(());

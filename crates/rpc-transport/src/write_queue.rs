@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rpc_codec::{EncodeError, Frame, FrameEncoder};
@@ -58,6 +58,10 @@ pub struct WriteQueue {
     urgent: BytesMut,
     /// Bytes queued and not yet handed to the transport, in every part above.
     unsent: usize,
+    /// The transport refused bytes (a write was pending) and has not taken any since.
+    stalled: bool,
+    /// The transport took bytes after a stall: the peer read from the connection.
+    peer_read: bool,
 }
 
 impl WriteQueue {
@@ -73,6 +77,8 @@ impl WriteQueue {
             staging: BytesMut::new(),
             urgent: BytesMut::new(),
             unsent: 0,
+            stalled: false,
+            peer_read: false,
         }
     }
 
@@ -140,6 +146,15 @@ impl WriteQueue {
     #[must_use]
     pub fn unsent_bytes(&self) -> usize {
         self.unsent
+    }
+
+    /// Whether the transport took bytes after it had refused some, since the last call: the
+    /// peer's receive window opened, so the peer is reading. A sign of life for the heartbeat
+    /// that holds when the peer's frames are slow to come because it is busy reading a backlog
+    /// (its answer to our PING is behind it). Bytes taken while the transport never refused any
+    /// prove nothing: the kernel takes them for a dead peer too, until its buffers fill.
+    pub fn take_peer_read(&mut self) -> bool {
+        std::mem::take(&mut self.peer_read)
     }
 
     /// Frees the buffers' spare capacity when nothing is queued, so an idle connection keeps no
@@ -268,10 +283,19 @@ impl WriteQueue {
                     .take(slices_upto)
                     .map(|chunk| IoSlice::new(&chunk.bytes))
                     .collect();
-                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
+                match Pin::new(&mut *io).poll_write_vectored(cx, &slices) {
+                    Poll::Pending => {
+                        self.stalled = true;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(result) => result?,
+                }
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if std::mem::take(&mut self.stalled) {
+                self.peer_read = true;
             }
             self.advance(n);
         }
@@ -669,6 +693,37 @@ mod tests {
         drain(&mut q, &mut all);
         assert_eq!(q.unsent_bytes(), 0);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bytes_taken_after_a_stall_show_the_peer_reads() {
+        let mut q = queue();
+        q.push(&request(1, 100)).unwrap();
+        let mut free = Trickle {
+            out: Vec::new(),
+            max: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut q, &mut free);
+        assert!(
+            !q.take_peer_read(),
+            "a transport that never refused bytes proves nothing"
+        );
+        q.push(&request(2, 100)).unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut full = Stalls {
+            out: Vec::new(),
+            left: 0,
+        };
+        assert!(q.poll_write(&mut full, &mut cx).is_pending());
+        assert!(!q.take_peer_read());
+        drain(&mut q, &mut free);
+        assert!(
+            q.take_peer_read(),
+            "the stalled transport took bytes: the peer read"
+        );
+        assert!(!q.take_peer_read(), "taken once");
     }
 
     #[test]
