@@ -70,7 +70,7 @@ impl Channel {
         let budget = config.budget.map(|b| Arc::new(b.build()));
         let latency = Arc::new(LatencyTracker::default());
         let dispatch = Dispatch {
-            pool: Pool::new(addr, Arc::clone(&config)),
+            pool: Pool::new(addr, Arc::clone(&config), Arc::clone(&latency)),
             latency: Arc::clone(&latency),
         };
         let hedge = Hedge {

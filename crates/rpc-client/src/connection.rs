@@ -36,6 +36,7 @@ use tracing::debug;
 
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
+use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 use crate::withdrawn::Withdrawals;
 
@@ -182,11 +183,11 @@ pub(crate) struct CallCommand {
     /// The attempt's deadline: a withdrawn call holding its slot long past it makes the
     /// connection stale.
     pub(crate) deadline: Deadline,
-    /// The method's observed latency (zero when unknown or not looked up): a call held back for
-    /// a server slot fails, NOT_SENT, once its deadline is nearer than this.
+    /// The method's observed latency, looked up when the call is held back (zero until then, or
+    /// when unknown): a held call fails, NOT_SENT, once its deadline is nearer than this.
     pub(crate) expected: Duration,
-    /// When the caller handed it over, to measure its wait in the connection.
-    pub(crate) created: Instant,
+    /// When the connection held it back, to measure its wait (none for a call sent at once).
+    pub(crate) held_since: Option<Instant>,
     pub(crate) slot: Arc<CallSlot>,
     pub(crate) reply: oneshot::Sender<Result<Reply, Error>>,
 }
@@ -207,6 +208,12 @@ impl CallCommand {
         deadline
             .checked_sub(self.expected_or(fallback))
             .unwrap_or(deadline)
+    }
+
+    /// How long it has waited in the connection.
+    fn waited(&self, now: Instant) -> Duration {
+        self.held_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Fails the call, never sent. (If its caller gave up at the same moment, the caller reports
@@ -244,6 +251,7 @@ pub(crate) async fn connect(
     config: &ClientConfig,
     timeout: Duration,
     id: ConnectionId,
+    latency: Arc<LatencyTracker>,
 ) -> Result<ConnectionHandle, ConnectionError> {
     let started = Instant::now();
     let mut io = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -317,6 +325,8 @@ pub(crate) async fn connect(
         max_queued: config.max_queued_calls,
         max_unsent: config.max_unsent_bytes,
         shrink_when_idle: false,
+        latency,
+        now: Instant::now(),
         max_concurrent: usize::try_from(ack.settings.max_concurrent_calls).unwrap_or(usize::MAX),
         last_call_id: 0,
         usable: Arc::clone(&usable),
@@ -378,6 +388,10 @@ struct Connection {
     max_unsent: usize,
     /// A heartbeat frame arrived: the buffers shrink once the connection is idle.
     shrink_when_idle: bool,
+    /// The channel's method latencies, looked up for calls held back.
+    latency: Arc<LatencyTracker>,
+    /// The clock, read once per round of the poll loop: per-call timestamps cost no clock read.
+    now: Instant,
     max_concurrent: usize,
     last_call_id: u64,
     usable: Arc<AtomicBool>,
@@ -435,7 +449,8 @@ impl Connection {
     fn complete(&mut self, call_id: u64) -> Option<oneshot::Sender<Result<Reply, Error>>> {
         let reply = match self.pending.remove(&call_id) {
             Some(pending) => {
-                self.record_service_time(pending.sent_at.elapsed());
+                let held_for = self.now.saturating_duration_since(pending.sent_at);
+                self.record_service_time(held_for);
                 Some(pending.reply)
             }
             None if self.withdrawn.answered(call_id) => None,
@@ -456,7 +471,7 @@ impl Connection {
             None => {
                 // Held calls' give-up times were reckoned without it: look again.
                 if !self.waiting.is_empty() {
-                    self.next_give_up = Some(Instant::now());
+                    self.next_give_up = Some(self.now);
                 }
                 sample
             }
@@ -468,7 +483,10 @@ impl Connection {
     /// Sends held-back calls while the server has free slots and the unsent bytes are under
     /// their bound; a call whose deadline is now nearer than its method's latency fails instead.
     fn admit_waiting(&mut self) {
-        let now = Instant::now();
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = self.now;
         while !self.must_hold() {
             let Some(call) = self.waiting.pop_front() else {
                 return;
@@ -515,7 +533,10 @@ impl Connection {
                 Outcome::NotSent,
             ));
         }
-        let now = Instant::now();
+        let now = self.now;
+        let mut call = call;
+        call.held_since = Some(now);
+        call.expected = self.latency.average(call.request.method.as_str());
         let left = call.deadline.remaining(now);
         let expected = call.expected_or(self.service_time);
         if let Some(wait) = self.predicted_wait(self.waiting.len()) {
@@ -567,7 +588,7 @@ impl Connection {
             return;
         }
         let call_id = self.last_call_id + 1;
-        if !call.slot.hand_over(call_id, call.created.elapsed()) {
+        if !call.slot.hand_over(call_id, call.waited(self.now)) {
             return; // the caller gave up first: never sent
         }
         call.request.call_id = call_id;
@@ -580,7 +601,7 @@ impl Connection {
                         reply: call.reply,
                         batch,
                         deadline: call.deadline,
-                        sent_at: Instant::now(),
+                        sent_at: self.now,
                     },
                 );
             }
@@ -906,6 +927,7 @@ impl Future for Connection {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..32 {
+            this.now = Instant::now();
             let new_calls = this.poll_commands(cx);
             let mut progress = new_calls | this.poll_read(cx);
             if new_calls && !this.deferred && this.pending.len() > 1 && this.end.is_none() {
@@ -917,7 +939,7 @@ impl Future for Connection {
                 return Poll::Pending;
             }
             this.deferred = false;
-            let next = this.check_timers(Instant::now());
+            let next = this.check_timers(this.now);
             let unsent = this.queue.unsent_bytes();
             let write = this.queue.poll_write(&mut this.io, cx);
             if this.queue.take_peer_read() {
@@ -977,7 +999,7 @@ fn too_late(call: &CallCommand, expected: Duration, now: Instant) -> Error {
         "not sent: {:?} left after waiting {:?} for a server slot, less than the {expected:?} a \
          call takes",
         call.deadline.remaining(now),
-        call.created.elapsed(),
+        call.waited(now),
     );
     Error::from_code(StatusCode::DEADLINE_EXCEEDED, message, Outcome::NotSent)
 }

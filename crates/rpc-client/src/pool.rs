@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::connection::{ConnectionError, ConnectionHandle, connect};
+use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 
 /// No connection could be had for a call: the cause of a NOT_SENT failure that waited for a
@@ -84,6 +85,8 @@ pub(crate) struct Pool {
 struct PoolInner {
     addr: SocketAddr,
     config: Arc<ClientConfig>,
+    /// The channel's method latencies, for its connections' queues of held calls.
+    latency: Arc<LatencyTracker>,
     state: Mutex<PoolState>,
     /// Woken whenever a connection attempt ends.
     changed: Notify,
@@ -138,11 +141,16 @@ impl PoolState {
 }
 
 impl Pool {
-    pub(crate) fn new(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        latency: Arc<LatencyTracker>,
+    ) -> Self {
         Self {
             inner: Arc::new(PoolInner {
                 addr,
                 config,
+                latency,
                 state: Mutex::new(PoolState {
                     connections: Vec::new(),
                     wanted: 1,
@@ -255,7 +263,7 @@ impl Drop for WaitingGuard<'_> {
 /// backoff first.
 async fn run_connector(pool: Weak<PoolInner>) {
     loop {
-        let (addr, config, not_before, id) = {
+        let (addr, config, latency, not_before, id) = {
             let Some(inner) = pool.upgrade() else { return };
             let mut state = inner.lock();
             state.prune();
@@ -267,6 +275,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
             (
                 inner.addr,
                 Arc::clone(&inner.config),
+                Arc::clone(&inner.latency),
                 state.next_attempt,
                 id,
             )
@@ -274,7 +283,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
         if let Some(at) = not_before {
             tokio::time::sleep_until(at).await;
         }
-        let result = connect(addr, &config, config.connect_timeout, id).await;
+        let result = connect(addr, &config, config.connect_timeout, id, latency).await;
         let Some(inner) = pool.upgrade() else { return };
         {
             let mut state = inner.lock();

@@ -62,16 +62,7 @@ impl CallService for Dispatch {
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
         let slot = CallSlot::new();
-        // Only a call likely to wait for a server slot needs its method's latency (a lock): the
-        // connection's queue uses it to fail calls that can no longer finish in time.
-        let in_flight = conn.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-        let limit = usize::try_from(conn.peer.max_concurrent_calls).unwrap_or(usize::MAX);
-        let expected = if in_flight + 1 >= limit {
-            self.latency.average(method.as_str())
-        } else {
-            Duration::ZERO
-        };
-        let result = send_and_wait(&conn, request, attempt.deadline, &slot, expected).await;
+        let result = send_and_wait(&conn, request, attempt.deadline, &slot).await;
         // The method's observed latency: the average counts every attempt the server answered
         // (to judge whether another fits in a deadline), the hedging percentiles only successes.
         // Time spent waiting in the connection for a server slot is not the server's latency.
@@ -113,21 +104,19 @@ pub(crate) fn deadline_exceeded(outcome: Outcome) -> Error {
 }
 
 /// Hands `request` to the connection and waits for its result until `deadline`. Dropping the
-/// returned future withdraws the call. `expected`: the method's observed latency, for the
-/// connection's queue to judge whether the call can still finish in time.
+/// returned future withdraws the call.
 async fn send_and_wait(
     conn: &ConnectionHandle,
     request: Request,
     deadline: Deadline,
     slot: &Arc<CallSlot>,
-    expected: Duration,
 ) -> Result<Reply, Error> {
     let (reply, response) = oneshot::channel();
     let command = Command::Call(CallCommand {
         request,
         deadline,
-        expected,
-        created: tokio::time::Instant::now(),
+        expected: Duration::ZERO,
+        held_since: None,
         slot: Arc::clone(slot),
         reply,
     });

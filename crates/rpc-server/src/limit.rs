@@ -90,7 +90,13 @@ impl Limits {
 
     /// Permits for one call of `method`, or which limit is full.
     pub(crate) fn acquire(&self, method: &str) -> Result<CallPermit, Refused> {
-        let method = match self.methods.get(method) {
+        // Without per-method limits (the default) the name is not even hashed.
+        let limit = if self.methods.is_empty() {
+            None
+        } else {
+            self.methods.get(method)
+        };
+        let method = match limit {
             None => None,
             Some(limit) => Some(
                 limit
