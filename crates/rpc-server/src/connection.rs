@@ -375,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let message = format!("{limit} calls already running on this connection");
             return self.refuse(id, StatusCode::RESOURCE_EXHAUSTED, message);
         }
-        let permit = match self.shared.limits.acquire(request.method.as_str()) {
+        let permit = match self.shared.limits.acquire(&request.method) {
             Ok(permit) => permit,
             Err(refused) => {
                 let message = match refused {

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rpc_codec::MethodName;
+
 /// At most `max` holders at once.
 #[derive(Debug)]
 pub(crate) struct ConcurrencyLimit {
@@ -89,12 +91,12 @@ impl Limits {
     }
 
     /// Permits for one call of `method`, or which limit is full.
-    pub(crate) fn acquire(&self, method: &str) -> Result<CallPermit, Refused> {
-        // Without per-method limits (the default) the name is not even hashed.
+    pub(crate) fn acquire(&self, method: &MethodName) -> Result<CallPermit, Refused> {
+        // Without per-method limits (the default) the name is not even read.
         let limit = if self.methods.is_empty() {
             None
         } else {
-            self.methods.get(method)
+            self.methods.get(method.as_str())
         };
         let method = match limit {
             None => None,
@@ -127,20 +129,24 @@ mod tests {
     fn permits_are_bounded_and_given_back_on_drop() {
         let methods = HashMap::from([(Box::from("S.slow"), 2)]);
         let limits = Limits::new(3, &methods);
-        let a = limits.acquire("S.slow").unwrap();
-        let b = limits.acquire("S.slow").unwrap();
+        let (slow, fast) = (
+            MethodName::from_static("S.slow"),
+            MethodName::from_static("S.fast"),
+        );
+        let a = limits.acquire(&slow).unwrap();
+        let b = limits.acquire(&slow).unwrap();
         assert_eq!(
-            limits.acquire("S.slow").unwrap_err(),
+            limits.acquire(&slow).unwrap_err(),
             Refused::Method { max: 2 }
         );
         assert_eq!(limits.server_in_use(), 2, "a refused call holds nothing");
-        let c = limits.acquire("S.fast").unwrap();
+        let c = limits.acquire(&fast).unwrap();
         assert_eq!(
-            limits.acquire("S.fast").unwrap_err(),
+            limits.acquire(&fast).unwrap_err(),
             Refused::Server { max: 3 }
         );
         drop(a);
-        let d = limits.acquire("S.slow").unwrap();
+        let d = limits.acquire(&slow).unwrap();
         drop((b, c, d));
         assert_eq!(limits.server_in_use(), 0);
     }
