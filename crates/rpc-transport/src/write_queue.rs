@@ -330,6 +330,17 @@ mod tests {
         calls: usize,
     }
 
+    impl Trickle {
+        /// One that takes everything.
+        fn unlimited() -> Self {
+            Self {
+                out: Vec::new(),
+                max: usize::MAX,
+                calls: 0,
+            }
+        }
+    }
+
     impl AsyncWrite for Trickle {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -404,11 +415,7 @@ mod tests {
         q.replace_pong(&Frame::Ping(Ping { opaque: [1; 8] }))
             .unwrap();
         q.discard_unstarted();
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         assert_eq!(
             decode(&io.out),
@@ -423,11 +430,7 @@ mod tests {
         for id in 1..=50 {
             q.push(&request(id, 10)).unwrap();
         }
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         assert_eq!(io.calls, 1);
         assert_eq!(
@@ -572,11 +575,7 @@ mod tests {
         let mut out = write_some(&mut q, 10);
         let pong = Frame::Pong(Ping { opaque: [7; 8] }.pong());
         q.replace_pong(&pong).unwrap();
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         out.extend_from_slice(&io.out);
         let decoded = decode(&out);
@@ -608,11 +607,7 @@ mod tests {
             32,
             "one PONG: a 24-byte header and 8 opaque bytes"
         );
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         let last = Frame::Pong(
             Ping {
@@ -649,11 +644,7 @@ mod tests {
             assert!(q.poll_write(&mut stalled, &mut cx).is_pending());
             assert_eq!(q.unsent_bytes(), request_bytes + 32);
         }
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         let last = Frame::Pong(
             Ping {
@@ -668,11 +659,7 @@ mod tests {
     fn unsent_bytes_count_what_the_transport_has_not_taken() {
         let frames = [request(1, 100), request(2, 20_000)];
         let mut reference = queue();
-        let mut all = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut all = Trickle::unlimited();
         for frame in &frames {
             reference.push(frame).unwrap();
         }
@@ -699,11 +686,7 @@ mod tests {
     fn bytes_taken_after_a_stall_show_the_peer_reads() {
         let mut q = queue();
         q.push(&request(1, 100)).unwrap();
-        let mut free = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut free = Trickle::unlimited();
         drain(&mut q, &mut free);
         assert!(
             !q.take_peer_read(),
@@ -732,11 +715,7 @@ mod tests {
         for id in 1..=2000 {
             q.push(&request(id, 100)).unwrap();
         }
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         q.shrink_when_empty();
         assert_eq!(q.staging.capacity(), 0);
@@ -745,11 +724,7 @@ mod tests {
         let queued = q.unsent_bytes();
         q.shrink_when_empty();
         assert_eq!(q.unsent_bytes(), queued, "a queue with frames keeps them");
-        let mut io = Trickle {
-            out: Vec::new(),
-            max: usize::MAX,
-            calls: 0,
-        };
+        let mut io = Trickle::unlimited();
         drain(&mut q, &mut io);
         assert_eq!(decode(&io.out), vec![request(1, 10)]);
     }
