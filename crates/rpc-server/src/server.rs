@@ -67,8 +67,10 @@ impl ServerBuilder {
     /// reading, so whatever the client does a connection holds at most: this bound plus one
     /// response of unsent output, one request frame of read buffer, and the requests of the calls
     /// already dispatched (at most [`max_concurrent_calls`](Self::max_concurrent_calls), each at
-    /// most [`max_frame_size`](Self::max_frame_size)). While reads are paused, progress of writes counts as a sign of life for the
-    /// heartbeat; a client that reads nothing for the dead bound is closed.
+    /// most [`max_frame_size`](Self::max_frame_size)). A write the socket takes after it had
+    /// refused bytes shows the client reading, and counts as a sign of life for the heartbeat
+    /// (its PONG may be behind the backlog); a client that reads nothing for the dead bound is
+    /// closed.
     pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
         self.config.max_unsent_bytes = bytes.max(64 * 1024);
         self
