@@ -10,7 +10,9 @@
 //!    while withdrawn calls wait; replaced when one is held past its bound;
 //! 4. writing: one vectored write per batch of queued frames.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap as FastMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -318,7 +320,7 @@ pub(crate) async fn connect(
         queue: WriteQueue::new(encoder),
         commands: receiver,
         callers_gone: false,
-        pending: HashMap::new(),
+        pending: FastMap::default(),
         waiting: VecDeque::new(),
         next_give_up: None,
         service_time: None,
@@ -373,7 +375,8 @@ struct Connection {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Every sender is gone: the channel was dropped.
     callers_gone: bool,
-    pending: HashMap<u64, Pending>,
+    /// Keyed by call id with foldhash: sip hashing was about 3 % of a call's instructions.
+    pending: FastMap<u64, Pending>,
     /// Calls whose callers gave up, until the server is known to have freed their slots.
     withdrawn: Withdrawals,
     /// Calls held back, not yet sent: the server's MAX_CONCURRENT_CALLS are all in use, or the

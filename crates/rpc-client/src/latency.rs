@@ -1,7 +1,6 @@
 //! Recent latencies per method: an average of answered attempts, to judge whether another attempt
 //! fits in a deadline, and percentiles of successful ones for hedging delays.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ const EWMA_WEIGHT: f64 = 0.2;
 /// Attempts' latencies, per method, shared by a channel's calls.
 #[derive(Debug, Default)]
 pub(crate) struct LatencyTracker {
-    methods: Mutex<HashMap<Box<str>, MethodLatency>>,
+    methods: Mutex<foldhash::HashMap<Box<str>, MethodLatency>>,
 }
 
 #[derive(Debug)]

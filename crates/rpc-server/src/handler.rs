@@ -1,6 +1,5 @@
 //! Handlers and the table that routes method names to them.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,7 +55,7 @@ where
 pub(crate) struct Router {
     /// Names are shared (`Arc<str>`) so the dedupe window can key its entries by method without
     /// copying the name.
-    handlers: HashMap<Arc<str>, Arc<dyn Handler>>,
+    handlers: foldhash::HashMap<Arc<str>, Arc<dyn Handler>>,
 }
 
 impl Router {
