@@ -537,19 +537,25 @@ async fn the_server_wide_and_per_method_limits_refuse_calls_over_them_before_the
                 .build()
         })
         .collect();
-    let calls: Vec<_> = (0..40)
-        .map(|i| {
-            let channel = channels[i % 4].clone();
-            let method = if i % 2 == 0 { "Slow.db" } else { "Slow.wait" };
-            tokio::spawn(async move {
-                channel
-                    .call(method, Bytes::from_static(b"x"), CallOptions::new())
-                    .await
-                    .map(|_| method)
-                    .map_err(|err| (method, err))
-            })
+    let spawn = |i: usize, method: &'static str| {
+        let channel = channels[i % 4].clone();
+        tokio::spawn(async move {
+            channel
+                .call(method, Bytes::from_static(b"x"), CallOptions::new())
+                .await
+                .map(|_| method)
+                .map_err(|err| (method, err))
         })
-        .collect();
+    };
+    // The 20 Slow.db calls first, so that they fill their method's limit before the other
+    // calls fill the server's: then exactly 3 of them run, whatever the connections' timing.
+    let mut calls: Vec<_> = (0..20).map(|i| spawn(i, "Slow.db")).collect();
+    assert!(
+        support::eventually(Duration::from_secs(5), || started.get() == 3).await,
+        "{} handlers started",
+        started.get()
+    );
+    calls.extend((0..20).map(|i| spawn(i, "Slow.wait")));
     assert!(
         support::eventually(Duration::from_secs(5), || started.get() == 10).await,
         "{} handlers started",
