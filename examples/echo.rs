@@ -6,8 +6,8 @@
 //! - `cargo run --example echo -- --connect 127.0.0.1:7000 --count 10000`: only the client,
 //!   64 calls in flight; exits non-zero if any call failed. `--fail-fast` fails calls at once
 //!   while the server cannot be reached instead of waiting for it.
-//! - `--serve ADDR --journal FILE` also appends a line to FILE for every `echo` and `sleep` call
-//!   the server runs (the fault tests count handler runs with it).
+//! - `--serve ADDR --journal FILE` also appends a line to FILE for every `echo`, `echo_bytes` and
+//!   `sleep` call the server runs (the fault tests count handler runs with it).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,7 +41,8 @@ pub trait Echo {
 
 #[derive(Default)]
 struct EchoService {
-    /// Where every `echo` and `sleep` call that runs is recorded, one line each (`--journal`).
+    /// Where every `echo`, `echo_bytes` and `sleep` call that runs is recorded, one line each
+    /// (`--journal`).
     journal: Option<std::sync::Mutex<std::fs::File>>,
 }
 
@@ -66,6 +67,7 @@ impl Echo for EchoService {
     }
 
     async fn echo_bytes(&self, data: Bytes) -> Bytes {
+        self.record(format_args!("echo_bytes {}", data.len()));
         data
     }
 
@@ -96,7 +98,7 @@ struct Args {
     /// How many calls the client makes.
     #[arg(long, default_value_t = 1000, requires = "connect")]
     count: usize,
-    /// With --serve: append a line to FILE for every `echo` and `sleep` call the server runs
+    /// With --serve: append a line to FILE for every `echo`, `echo_bytes` and `sleep` call the server runs
     /// (how the fault tests count handler runs across a killed server).
     #[arg(long, value_name = "FILE", requires = "serve")]
     journal: Option<std::path::PathBuf>,

@@ -30,6 +30,7 @@ pub struct CallOptions {
     pub(crate) hedge: Option<HedgePolicy>,
     pub(crate) wait_for_ready: Option<bool>,
     pub(crate) dedupe: bool,
+    pub(crate) hash_key: Option<u64>,
 }
 
 impl CallOptions {
@@ -47,6 +48,15 @@ impl CallOptions {
     /// The call must finish within `timeout` from when it starts.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// The key a [`Balancer::ConsistentHash`](crate::Balancer::ConsistentHash) channel places
+    /// the call by: calls with the same key go to the same endpoint while it is available. The
+    /// key is hashed with a hash fixed across keel versions, so every client places it alike.
+    /// Other balancers ignore it.
+    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.hash_key = Some(crate::balance::stable_hash(key.as_ref()));
         self
     }
 

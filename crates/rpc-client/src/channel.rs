@@ -1,5 +1,5 @@
-//! The channel: calls to one address, through the retry and hedging layers, over a pool of
-//! lazily connected, shared connections.
+//! The channel: calls to one address or several, through the retry, hedging and balancing
+//! layers, over each endpoint's pool of lazily connected, shared connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,19 +10,18 @@ use rpc_codec::MethodName;
 use rpc_core::{Error, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
+use crate::balance::{Balance, Balancer, Change, Target};
 use crate::call::{CallOptions, Reply};
 use crate::config::{ChannelBuilder, ClientConfig};
 use crate::hedge::Hedge;
 use crate::latency::LatencyTracker;
-use crate::pool::Pool;
 use crate::retry::Retry;
-use crate::send::Dispatch;
 use crate::stack::{Attempt, CallService, CallState, RetryChoice};
 
-/// Calls to one server address.
+/// Calls to one server address, or to several ([`Channel::cluster`]).
 ///
-/// Cheap to clone and share across tasks: clones share one connection, which carries many calls at
-/// once, and one retry budget. The channel connects on its first call; when its connection dies or
+/// Cheap to clone and share across tasks: clones share one connection per endpoint, which carries
+/// many calls at once, and one retry budget. The channel connects on its first call; when its connection dies or
 /// receives GOAWAY, it reconnects in the background with backoff while calls wait (see
 /// [`ChannelBuilder::wait_for_ready`]).
 ///
@@ -53,28 +52,56 @@ pub struct Channel {
 
 #[derive(Debug)]
 struct Inner {
-    addr: SocketAddr,
     config: Arc<ClientConfig>,
     budget: Option<Arc<TpsBudget>>,
-    stack: Retry<Hedge<Dispatch>>,
+    stack: Retry<Hedge<Balance>>,
 }
 
 impl Channel {
     /// A builder for a channel to `addr`.
     pub fn builder(addr: SocketAddr) -> ChannelBuilder {
-        ChannelBuilder::new(addr)
+        ChannelBuilder::new(vec![Target::addr(addr)])
     }
 
-    pub(crate) fn from_parts(addr: SocketAddr, config: ClientConfig) -> Self {
+    /// A builder for a channel over several servers: addresses, `host:port` names (resolved when
+    /// the channel is built) or [`Target`]s with weights. Each call goes to one of them, picked by
+    /// the [`Balancer`] (default: power of two choices over peak-EWMA latency); a retry or a
+    /// hedge goes to another while there is one, and an endpoint that cannot be connected to is
+    /// skipped at no cost to the call.
+    ///
+    /// ```no_run
+    /// use rpc_client::{Channel, Target};
+    ///
+    /// let channel = Channel::cluster([
+    ///     Target::from("10.0.0.1:7000"),
+    ///     Target::from("10.0.0.2:7000"),
+    ///     Target::name("backup.internal:7000").weight(2),
+    /// ])
+    /// .build();
+    /// # drop(channel);
+    /// ```
+    pub fn cluster<T: Into<Target>>(targets: impl IntoIterator<Item = T>) -> ChannelBuilder {
+        ChannelBuilder::new(targets.into_iter().map(Into::into).collect())
+    }
+
+    pub(crate) fn from_parts(
+        addrs: &[(SocketAddr, u32)],
+        balancer: Balancer,
+        discovery: Option<futures::stream::BoxStream<'static, Change>>,
+        config: ClientConfig,
+    ) -> Self {
         let config = Arc::new(config);
         let budget = config.budget.map(|b| Arc::new(b.build()));
         let latency = Arc::new(LatencyTracker::default());
-        let dispatch = Dispatch {
-            pool: Pool::new(addr, Arc::clone(&config), Arc::clone(&latency)),
-            latency: Arc::clone(&latency),
-        };
+        let balance = Balance::new(
+            addrs,
+            balancer,
+            discovery,
+            Arc::clone(&config),
+            Arc::clone(&latency),
+        );
         let hedge = Hedge {
-            inner: dispatch,
+            inner: balance,
             budget: budget.clone(),
             latency: Arc::clone(&latency),
         };
@@ -87,7 +114,6 @@ impl Channel {
         };
         Self {
             inner: Arc::new(Inner {
-                addr,
                 config,
                 budget,
                 stack,
@@ -95,21 +121,30 @@ impl Channel {
         }
     }
 
-    /// The server address.
+    /// The server address: the first endpoint's, for a channel over several (see
+    /// [`addrs`](Self::addrs)). `0.0.0.0:0` when the channel has no endpoint.
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.addrs()
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The server's concurrency slots the current connection holds (diagnostics): calls waiting
+    /// The addresses of the channel's endpoints now.
+    #[must_use]
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.inner.stack.inner.inner.addrs()
+    }
+
+    /// The server's concurrency slots the current connections hold, summed over the endpoints
+    /// (diagnostics): calls waiting
     /// for their response, and withdrawn calls (cancelled, or past their deadline) until the
     /// server is known to have freed them: by their RESPONSE, or by the PONG of a PING sent
     /// after their CANCEL.
     #[must_use]
     pub fn in_flight(&self) -> usize {
-        self.inner.stack.inner.inner.pool.current().map_or(0, |c| {
-            c.in_flight.load(std::sync::atomic::Ordering::Acquire)
-        })
+        self.inner.stack.inner.inner.in_flight()
     }
 
     /// Calls `method` with `payload`.
@@ -153,6 +188,7 @@ impl Channel {
                 Some(Some(policy)) => RetryChoice::Policy(policy),
             },
             hedge: options.hedge.or(config.hedge),
+            hash_key: options.hash_key,
             metadata: options.metadata,
             call: Arc::new(CallState::new(request_id)),
         };

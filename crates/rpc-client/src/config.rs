@@ -1,11 +1,14 @@
 //! Client configuration, with every default in one place.
 
-use std::net::SocketAddr;
+use std::fmt;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, Stream, StreamExt};
 use rpc_codec::Settings;
+use tracing::warn;
 
 use crate::Channel;
+use crate::balance::{Balancer, Change, ResolveError, Target};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -75,19 +78,48 @@ impl ClientConfig {
 ///     .build();
 /// # drop(channel);
 /// ```
-#[derive(Debug)]
 #[must_use]
 pub struct ChannelBuilder {
-    addr: SocketAddr,
+    targets: Vec<Target>,
+    balancer: Balancer,
+    discovery: Option<BoxStream<'static, Change>>,
     config: ClientConfig,
 }
 
+impl fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("targets", &self.targets)
+            .field("balancer", &self.balancer)
+            .field("discovery", &self.discovery.is_some())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 impl ChannelBuilder {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(targets: Vec<Target>) -> Self {
         Self {
-            addr,
+            targets,
+            balancer: Balancer::default(),
+            discovery: None,
             config: ClientConfig::default(),
         }
+    }
+
+    /// How calls are spread over several endpoints. Default [`Balancer::PeakEwma`]: power of two
+    /// choices over latency × outstanding calls. A channel of one address does not balance.
+    pub fn balancer(mut self, balancer: Balancer) -> Self {
+        self.balancer = balancer;
+        self
+    }
+
+    /// A source of endpoint changes (a discovery client, or a channel the application feeds),
+    /// applied as they come once the channel makes its first call. The targets given to the
+    /// builder are the starting set; with a source, the set may also start empty.
+    pub fn discover(mut self, changes: impl Stream<Item = Change> + Send + 'static) -> Self {
+        self.discovery = Some(changes.boxed());
+        self
     }
 
     /// How long a TCP connect plus handshake may take. Default 3 s. A call's own deadline cuts it
@@ -131,7 +163,7 @@ impl ChannelBuilder {
     }
 
     /// The wait between connection attempts after a failed one. Default
-    /// [`Backoff::reconnect_default`]: 100 ms, ×1.6, at most 10 s, jitter ±20 %. The backoff
+    /// [`Backoff::reconnect_default`]: 100 ms, ×1.6, at most 500 ms, jitter ±20 %. The backoff
     /// starts again after a successful handshake. Each attempt (TCP connect and handshake) is
     /// bounded by [`connect_timeout`](Self::connect_timeout).
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
@@ -215,7 +247,35 @@ impl ChannelBuilder {
     }
 
     /// The channel. It connects on its first call.
+    ///
+    /// Names among the targets are resolved now, with the system resolver (this blocks while it
+    /// runs). A name that does not resolve is left out with a warning; if nothing is left, calls
+    /// fail with UNAVAILABLE, NOT_SENT. [`try_build`](Self::try_build) fails instead.
     pub fn build(self) -> Channel {
-        Channel::from_parts(self.addr, self.config)
+        let mut addrs = Vec::new();
+        for target in &self.targets {
+            match target.resolve() {
+                Ok(resolved) => addrs.extend(resolved.into_iter().map(|a| (a, target.weight))),
+                Err(err) => warn!(error = %err, "target left out"),
+            }
+        }
+        Channel::from_parts(&addrs, self.balancer, self.discovery, self.config)
+    }
+
+    /// The channel, or the first target name that does not resolve.
+    ///
+    /// # Errors
+    /// [`ResolveError`] naming the target.
+    pub fn try_build(self) -> Result<Channel, ResolveError> {
+        let mut addrs = Vec::new();
+        for target in &self.targets {
+            addrs.extend(target.resolve()?.into_iter().map(|a| (a, target.weight)));
+        }
+        Ok(Channel::from_parts(
+            &addrs,
+            self.balancer,
+            self.discovery,
+            self.config,
+        ))
     }
 }

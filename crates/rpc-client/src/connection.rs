@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::FutureExt;
 use rpc_codec::{
     DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, Ping, Request,
     Response, Role, Settings,
@@ -32,7 +31,7 @@ use rpc_transport::{
     Beat, HandshakeError, Heartbeat, IDLE_READ_ROOM, WriteQueue, handshake, poll_fill, poll_timer,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
@@ -234,7 +233,7 @@ pub(crate) struct ConnectionHandle {
     pub(crate) id: ConnectionId,
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// False once the connection stops taking calls (closed, or GOAWAY received).
-    pub(crate) usable: Arc<AtomicBool>,
+    pub(crate) usable: Arc<Usable>,
     /// Calls waiting for a response.
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// The server's announced limits.
@@ -243,7 +242,46 @@ pub(crate) struct ConnectionHandle {
 
 impl ConnectionHandle {
     pub(crate) fn is_usable(&self) -> bool {
-        self.usable.load(Ordering::Acquire) && !self.commands.is_closed()
+        self.usable.get() && !self.commands.is_closed()
+    }
+}
+
+/// Whether a connection takes new calls, and a way to wait until it stops.
+#[derive(Debug)]
+pub(crate) struct Usable {
+    flag: AtomicBool,
+    lost: Notify,
+}
+
+impl Usable {
+    fn new() -> Self {
+        Self {
+            flag: AtomicBool::new(true),
+            lost: Notify::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// The connection takes no new calls from now on.
+    fn lose(&self) {
+        self.flag.store(false, Ordering::Release);
+        self.lost.notify_waiters();
+    }
+
+    /// Returns once the connection takes no new calls.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let lost = self.lost.notified();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            if !self.get() {
+                return;
+            }
+            lost.await;
+        }
     }
 }
 
@@ -311,7 +349,7 @@ pub(crate) async fn connect(
         .negotiated_heartbeat(&ack.settings)
         .map(|interval| Heartbeat::new(interval, config.dead_after_intervals, Instant::now()));
     let (commands, receiver) = mpsc::unbounded_channel();
-    let usable = Arc::new(AtomicBool::new(true));
+    let usable = Arc::new(Usable::new());
     let in_flight = Arc::new(AtomicUsize::new(0));
     let connection = Connection {
         io,
@@ -345,7 +383,11 @@ pub(crate) async fn connect(
         end: None,
         addr,
     };
-    tokio::spawn(connection.map(drop));
+    let lost = Arc::clone(&usable);
+    tokio::spawn(async move {
+        connection.await;
+        lost.lose();
+    });
     Ok(ConnectionHandle {
         id,
         commands,
@@ -397,7 +439,7 @@ struct Connection {
     now: Instant,
     max_concurrent: usize,
     last_call_id: u64,
-    usable: Arc<AtomicBool>,
+    usable: Arc<Usable>,
     in_flight: Arc<AtomicUsize>,
     heartbeat: Option<Heartbeat>,
     /// PINGs sent so far: each PING's opaque bytes are its number.
@@ -691,7 +733,7 @@ impl Connection {
             .goaway_last
             .map_or(goaway.last_call_id, |l| l.min(goaway.last_call_id));
         self.goaway_last = Some(last);
-        self.usable.store(false, Ordering::Release);
+        self.usable.lose();
         let cause = ConnectionError::GoAway {
             code: goaway.code,
             message: goaway.message,
@@ -758,7 +800,7 @@ impl Connection {
             return;
         }
         debug!(addr = %self.addr, cause = %cause, "connection lost");
-        self.usable.store(false, Ordering::Release);
+        self.usable.lose();
         // Requests in batches not yet started are reported NOT_SENT below and may be retried
         // elsewhere: none of them may be written now, even if the socket still works (a heartbeat
         // timeout leaves it open).
@@ -885,7 +927,7 @@ impl Connection {
             "withdrawn calls held past their bound; replacing the connection"
         );
         self.retiring = true;
-        self.usable.store(false, Ordering::Release);
+        self.usable.lose();
         self.withdrawn.clear();
         self.send_goaway(GoAwayCode::NO_ERROR, "calls unanswered past their deadline");
         self.refuse_unsent("the connection is being replaced");
@@ -973,7 +1015,7 @@ impl Future for Connection {
             if idle && (this.callers_gone || this.goaway_last.is_some() || this.retiring) {
                 // Nobody will send another call here: close politely. (Withdrawn calls have no
                 // caller left to tell.)
-                this.usable.store(false, Ordering::Release);
+                this.usable.lose();
                 if this.end.is_none() {
                     this.end = Some(ConnectionError::Closed);
                     this.send_goaway(GoAwayCode::NO_ERROR, "");

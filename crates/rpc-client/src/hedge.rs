@@ -139,6 +139,7 @@ mod tests {
             avoid: None,
             retry: crate::stack::RetryChoice::Off,
             hedge: Some(policy),
+            hash_key: None,
             call: Arc::new(CallState::new(None)),
         }
     }

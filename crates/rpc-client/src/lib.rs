@@ -39,10 +39,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod balance;
 mod call;
 mod channel;
 mod config;
 mod connection;
+mod endpoint;
 mod hedge;
 mod latency;
 mod policy;
@@ -52,6 +54,7 @@ mod send;
 mod stack;
 mod withdrawn;
 
+pub use balance::{Balancer, Change, ConsistentHash, PeakEwma, ResolveError, Target};
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;
 pub use config::ChannelBuilder;

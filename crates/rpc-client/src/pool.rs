@@ -18,16 +18,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use arc_swap::ArcSwapOption;
 use rpc_core::{Deadline, Error, Outcome, StatusCode};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClientConfig;
-use crate::connection::{ConnectionError, ConnectionHandle, connect};
+use crate::connection::{ConnectionError, ConnectionHandle, Usable, connect};
 use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 
@@ -75,6 +76,9 @@ impl std::error::Error for NoConnection {
 /// once instead of waiting for the next attempt.
 const INCOMPATIBLE_ATTEMPTS: u32 = 2;
 
+/// Connection ids, unique in the process (so unique across a channel's endpoints too).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A channel's connections to one address.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -88,9 +92,17 @@ struct PoolInner {
     /// The channel's method latencies, for its connections' queues of held calls.
     latency: Arc<LatencyTracker>,
     state: Mutex<PoolState>,
+    /// The connection plain calls use, published after each change of `state.connections`, so
+    /// a call finds it without the lock.
+    current: ArcSwapOption<ConnectionHandle>,
+    /// The latest connection attempt failed (published `state.last_failure.is_some()`).
+    failing: AtomicBool,
+    /// Keep connecting after a failure even when no call waits: set for the endpoints of a
+    /// channel with several, which a balancer avoids while they fail, so no call would ever
+    /// start their connector again.
+    persistent: AtomicBool,
     /// Woken whenever a connection attempt ends.
     changed: Notify,
-    next_id: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -161,9 +173,51 @@ impl Pool {
                     incompatible_in_a_row: 0,
                     waiting: 0,
                 }),
+                current: ArcSwapOption::empty(),
+                failing: AtomicBool::new(false),
+                persistent: AtomicBool::new(false),
                 changed: Notify::new(),
-                next_id: AtomicU64::new(1),
             }),
+        }
+    }
+
+    /// The address this pool connects to.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Whether a usable connection is there now. No lock.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.inner
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|conn| conn.is_usable())
+    }
+
+    /// Whether the latest connection attempt failed and no usable connection is there. No lock.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Relaxed) && !self.is_ready()
+    }
+
+    /// Connects now and keeps connecting, with backoff, whenever no usable connection is there:
+    /// see [`PoolInner::persistent`]. Needs a tokio runtime.
+    pub(crate) fn keep_connected(&self) {
+        self.inner.persistent.store(true, Ordering::Relaxed);
+        self.kick();
+    }
+
+    /// Starts the connector if it is not running and a connection is missing. Needs a tokio
+    /// runtime.
+    pub(crate) fn kick(&self) {
+        let mut state = self.inner.lock();
+        state.prune();
+        self.inner.publish(&state);
+        let wanted =
+            state.connections.len() < state.wanted || self.inner.persistent.load(Ordering::Relaxed);
+        if !state.connector_running && wanted {
+            state.connector_running = true;
+            tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
         }
     }
 
@@ -171,6 +225,7 @@ impl Pool {
     pub(crate) fn current(&self) -> Option<Arc<ConnectionHandle>> {
         let mut state = self.inner.lock();
         state.prune();
+        self.inner.publish(&state);
         state.connections.first().cloned()
     }
 
@@ -181,9 +236,20 @@ impl Pool {
         deadline: Deadline,
         wait_for_ready: bool,
     ) -> Result<Arc<ConnectionHandle>, Error> {
+        if avoid.is_none() {
+            // The common case, without the lock: the first connection, usable.
+            if let Some(conn) = self.inner.current.load_full().filter(|c| c.is_usable()) {
+                return Ok(conn);
+            }
+        }
         let max = self.inner.config.max_connections;
-        if let Some(conn) = self.inner.lock().pick(avoid, max) {
-            return Ok(conn);
+        {
+            let mut state = self.inner.lock();
+            let picked = state.pick(avoid, max);
+            self.inner.publish(&state);
+            if let Some(conn) = picked {
+                return Ok(conn);
+            }
         }
         let _waiting = WaitingGuard::new(&self.inner);
         loop {
@@ -192,7 +258,9 @@ impl Pool {
             changed.as_mut().enable();
             {
                 let mut state = self.inner.lock();
-                if let Some(conn) = state.pick(avoid, max) {
+                let picked = state.pick(avoid, max);
+                self.inner.publish(&state);
+                if let Some(conn) = picked {
                     return Ok(conn);
                 }
                 // Before a fail-fast return too: the connector stops when nobody waits after a
@@ -237,6 +305,18 @@ impl PoolInner {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Publishes what calls read without the lock: the first connection and whether connecting
+    /// fails. Called under the lock after every change of either.
+    fn publish(&self, state: &PoolState) {
+        let first = state.connections.first();
+        let current = self.current.load();
+        if current.as_ref().map(Arc::as_ptr) != first.map(Arc::as_ptr) {
+            self.current.store(first.cloned());
+        }
+        self.failing
+            .store(state.last_failure.is_some(), Ordering::Relaxed);
+    }
 }
 
 /// Counts a call waiting for a connection while it waits.
@@ -256,29 +336,65 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
+/// What the connector does next.
+enum Next {
+    Stop,
+    /// Wait until this connection is lost (persistent pools).
+    Watch(Arc<Usable>),
+    Connect(
+        (
+            SocketAddr,
+            Arc<ClientConfig>,
+            Arc<LatencyTracker>,
+            Option<Instant>,
+            u64,
+        ),
+    ),
+}
+
 /// Connects until the pool has the connections it wants. Stops when it has them, when a
 /// connection attempt failed and nobody waits for a connection (the next call starts it again:
 /// a fail-fast call that fails at once still does, so its channel reconnects, one attempt per
 /// backoff step while calls come), or when the channel is gone. Each attempt waits for the
-/// backoff first.
+/// backoff first. A persistent pool's connector stops only with the channel: once it has its
+/// connection it waits for it to be lost, then connects again.
 async fn run_connector(pool: Weak<PoolInner>) {
     loop {
-        let (addr, config, latency, not_before, id) = {
+        let next = {
             let Some(inner) = pool.upgrade() else { return };
             let mut state = inner.lock();
             state.prune();
+            inner.publish(&state);
             if state.connections.len() >= state.wanted {
-                state.stop_connector();
-                return;
+                match state.connections.first() {
+                    // Stay on watch: connect again as soon as this connection is lost, whether
+                    // or not a call comes (a balancer sends none to an endpoint without one).
+                    Some(first) if inner.persistent.load(Ordering::Relaxed) => {
+                        Next::Watch(Arc::clone(&first.usable))
+                    }
+                    _ => {
+                        state.stop_connector();
+                        Next::Stop
+                    }
+                }
+            } else {
+                let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+                Next::Connect((
+                    inner.addr,
+                    Arc::clone(&inner.config),
+                    Arc::clone(&inner.latency),
+                    state.next_attempt,
+                    id,
+                ))
             }
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            (
-                inner.addr,
-                Arc::clone(&inner.config),
-                Arc::clone(&inner.latency),
-                state.next_attempt,
-                id,
-            )
+        };
+        let (addr, config, latency, not_before, id) = match next {
+            Next::Stop => return,
+            Next::Watch(usable) => {
+                usable.lost().await;
+                continue;
+            }
+            Next::Connect(attempt) => attempt,
         };
         if let Some(at) = not_before {
             tokio::time::sleep_until(at).await;
@@ -297,6 +413,7 @@ async fn run_connector(pool: Weak<PoolInner>) {
                     state.next_attempt = None;
                     state.last_failure = None;
                     state.incompatible_in_a_row = 0;
+                    inner.publish(&state);
                 }
                 Err(err) => {
                     let delay = config.reconnect_backoff.delay(state.failures);
@@ -315,7 +432,8 @@ async fn run_connector(pool: Weak<PoolInner>) {
                         state.incompatible_in_a_row = 0;
                     }
                     state.last_failure = Some(err);
-                    if state.waiting == 0 {
+                    inner.publish(&state);
+                    if state.waiting == 0 && !inner.persistent.load(Ordering::Relaxed) {
                         state.stop_connector();
                         drop(state);
                         inner.changed.notify_waiters();

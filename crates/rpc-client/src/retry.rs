@@ -322,6 +322,7 @@ mod tests {
             avoid: None,
             retry: RetryChoice::Policy(Arc::new(RetryPolicy::new())),
             hedge: None,
+            hash_key: None,
             call: Arc::new(CallState::new(None)),
         }
     }

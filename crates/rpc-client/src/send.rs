@@ -1,4 +1,4 @@
-//! The bottom of the stack: one attempt on one connection of the pool.
+//! The bottom of the stack: one attempt on one connection of an endpoint's pool.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +20,36 @@ use crate::stack::{Attempt, CallService};
 pub(crate) struct Dispatch {
     pub(crate) pool: Pool,
     pub(crate) latency: Arc<LatencyTracker>,
+    /// The id of the endpoint this dispatch sends to, unique in the channel.
+    pub(crate) endpoint: u64,
 }
 
 impl CallService for Dispatch {
     async fn call(&self, attempt: Attempt) -> Result<Reply, Error> {
-        let conn = self
-            .pool
-            .get(attempt.avoid, attempt.deadline, attempt.wait_for_ready)
-            .await?;
+        let conn = self.connection(&attempt, attempt.wait_for_ready).await?;
+        self.send_on(&conn, attempt).await
+    }
+}
+
+impl Dispatch {
+    /// A connection for `attempt`, waiting for one until its deadline if `wait_for_ready`.
+    /// A failure is NOT_SENT with a [`NoConnection`](crate::NoConnection) cause.
+    pub(crate) async fn connection(
+        &self,
+        attempt: &Attempt,
+        wait_for_ready: bool,
+    ) -> Result<Arc<ConnectionHandle>, Error> {
+        self.pool
+            .get(attempt.avoid, attempt.deadline, wait_for_ready)
+            .await
+    }
+
+    /// Sends `attempt` on `conn` and waits for its result.
+    pub(crate) async fn send_on(
+        &self,
+        conn: &ConnectionHandle,
+        attempt: Attempt,
+    ) -> Result<Reply, Error> {
         if attempt.call.request_id.is_some()
             && !attempt.call.dedupe_safe_on(conn.peer.dedupe_instance)
         {
@@ -62,7 +84,7 @@ impl CallService for Dispatch {
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
         let slot = CallSlot::new();
-        let result = send_and_wait(&conn, request, attempt.deadline, &slot).await;
+        let result = send_and_wait(conn, request, attempt.deadline, &slot).await;
         // The method's observed latency: the average counts every attempt the server answered
         // (to judge whether another fits in a deadline), the hedging percentiles only successes.
         // Time spent waiting in the connection for a server slot is not the server's latency.
@@ -77,7 +99,9 @@ impl CallService for Dispatch {
         }
         if let (Err(err), Some(_)) = (&result, &attempt.call.request_id) {
             if matches!(err.outcome(), Outcome::Executed | Outcome::MaybeExecuted) {
-                attempt.call.may_have_run(conn.peer.dedupe_instance);
+                attempt
+                    .call
+                    .may_have_run(conn.peer.dedupe_instance, self.endpoint);
             }
         }
         result

@@ -32,6 +32,8 @@ pub(crate) struct Attempt {
     pub(crate) avoid: Option<ConnectionId>,
     pub(crate) retry: RetryChoice,
     pub(crate) hedge: Option<HedgePolicy>,
+    /// The consistent-hashing key's hash, if the caller gave one.
+    pub(crate) hash_key: Option<u64>,
     /// State shared by all attempts of the call.
     pub(crate) call: Arc<CallState>,
 }
@@ -71,6 +73,10 @@ pub(crate) struct CallState {
     /// The DEDUPE_INSTANCE of the server an attempt may have run on ([`NOT_RUN`] if none may
     /// have): a retry is deduplicated only by that same instance.
     may_have_run_on: AtomicU64,
+    /// The endpoint of that instance (0: none).
+    may_have_run_at: AtomicU64,
+    /// Endpoints attempts went to, one bit per endpoint id modulo 64.
+    tried: AtomicU64,
 }
 
 /// [`CallState::may_have_run_on`] before any attempt may have run.
@@ -85,10 +91,30 @@ impl CallState {
         }
     }
 
-    /// Records that an attempt may have run on the server announcing `dedupe_instance`.
-    pub(crate) fn may_have_run(&self, dedupe_instance: u32) {
+    /// Records that an attempt may have run on the server announcing `dedupe_instance`, reached
+    /// through endpoint `endpoint`.
+    pub(crate) fn may_have_run(&self, dedupe_instance: u32, endpoint: u64) {
         self.may_have_run_on
             .store(u64::from(dedupe_instance), Ordering::Relaxed);
+        self.may_have_run_at.store(endpoint, Ordering::Relaxed);
+    }
+
+    /// The endpoint an attempt may have run on, for a call that relies on a dedupe window: its
+    /// retries may go nowhere else.
+    pub(crate) fn pinned_endpoint(&self) -> Option<u64> {
+        self.request_id.as_ref()?;
+        Some(self.may_have_run_at.load(Ordering::Relaxed)).filter(|&id| id != 0)
+    }
+
+    /// Records an attempt sent to endpoint `endpoint`.
+    pub(crate) fn tried(&self, endpoint: u64) {
+        self.tried.fetch_or(1 << (endpoint % 64), Ordering::Relaxed);
+    }
+
+    /// Whether an attempt went to endpoint `endpoint` (or to another whose id is equal modulo
+    /// 64: with more than 64 endpoints, some untried ones look tried).
+    pub(crate) fn has_tried(&self, endpoint: u64) -> bool {
+        self.tried.load(Ordering::Relaxed) & (1 << (endpoint % 64)) != 0
     }
 
     /// Whether an attempt on a server announcing `dedupe_instance` is safe for a call that may

@@ -1,0 +1,413 @@
+//! The balancing layer: a channel's endpoints, and for each attempt the choice of one.
+//!
+//! The stack of a channel is `Retry<Hedge<Balance>>`; each endpoint below holds its own pool of
+//! connections. For each attempt the layer picks, by the channel's [`Balancer`], among the
+//! endpoints in the first non-empty tier of:
+//! 1. ready (a usable connection is there) and not yet tried by this call;
+//! 2. not failing (connecting, or never tried to connect) and not yet tried;
+//! 3. ready;
+//! 4. not failing;
+//! 5. any.
+//!
+//! A call relying on a server's dedupe window that may already have run goes back to the
+//! endpoint it may have run on and nowhere else. An endpoint that has no connection to give
+//! (connecting fails) costs nothing: nothing was sent, so the layer moves on to the next endpoint
+//! at once, and waits for a connection (if the call waits for ready) only when every endpoint has
+//! failed it. A channel of one fixed address skips all of this.
+
+pub(crate) mod load;
+pub(crate) mod pick;
+mod policy;
+mod ring;
+mod rng;
+mod target;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rpc_core::{Error, Outcome, StatusCode};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::call::Reply;
+use crate::config::ClientConfig;
+use crate::endpoint::Endpoint;
+use crate::latency::LatencyTracker;
+use crate::pool::NoConnection;
+use crate::send::NoDedupeWindow;
+use crate::stack::{Attempt, CallService};
+use pick::{PickState, pick};
+use ring::Ring;
+use rng::PickRng;
+
+pub use policy::{Balancer, ConsistentHash, PeakEwma};
+pub(crate) use ring::stable_hash;
+pub use target::{Change, ResolveError, Target};
+
+/// The balancing layer.
+#[derive(Debug)]
+pub(crate) struct Balance {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The only endpoint of a channel built with one address and no discovery: calls go
+    /// straight to it, with no pick and no load counting.
+    fixed: Option<Arc<Endpoint>>,
+    set: ArcSwap<EndpointSet>,
+    balancer: Balancer,
+    /// Whether picks read loads, so calls must count them.
+    reads_load: bool,
+    rng: PickRng,
+    epoch: Instant,
+    config: Arc<ClientConfig>,
+    latency: Arc<LatencyTracker>,
+    next_id: AtomicU64,
+    /// Set by the first call: endpoints connect from then on, and discovery runs.
+    started: AtomicBool,
+    discovery: Discovery,
+}
+
+/// The discovery source, until the first call starts it.
+struct Discovery(Mutex<Option<BoxStream<'static, Change>>>);
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Discovery")
+    }
+}
+
+/// The endpoints at one moment, with the pick state that goes with them.
+#[derive(Debug, Default)]
+struct EndpointSet {
+    endpoints: Vec<Arc<Endpoint>>,
+    state: PickState,
+}
+
+impl EndpointSet {
+    fn new(endpoints: Vec<Arc<Endpoint>>, balancer: &Balancer) -> Self {
+        let ring = match balancer {
+            Balancer::ConsistentHash(config) => Some(Ring::new(
+                endpoints.iter().map(|e| (e.identity.as_str(), e.weight)),
+                config.virtual_nodes,
+            )),
+            _ => None,
+        };
+        Self {
+            endpoints,
+            state: PickState::new(ring),
+        }
+    }
+}
+
+impl Balance {
+    /// A layer over `addrs` (address, weight), and over what `discovery` adds later.
+    pub(crate) fn new(
+        addrs: &[(SocketAddr, u32)],
+        balancer: Balancer,
+        discovery: Option<BoxStream<'static, Change>>,
+        config: Arc<ClientConfig>,
+        latency: Arc<LatencyTracker>,
+    ) -> Self {
+        let epoch = Instant::now();
+        let rng = match &balancer {
+            Balancer::Random { seed: Some(seed) } => PickRng::seeded(*seed),
+            Balancer::PeakEwma(PeakEwma {
+                seed: Some(seed), ..
+            }) => PickRng::seeded(*seed),
+            _ => PickRng::from_entropy(),
+        };
+        let next_id = AtomicU64::new(1);
+        let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+        for &(addr, weight) in addrs {
+            if let Some(existing) = endpoints.iter().position(|e| e.addr() == addr) {
+                // The same address twice: one endpoint, with the weights added.
+                let old = &endpoints[existing];
+                let merged = old.weight.saturating_add(weight);
+                let id = old.id;
+                endpoints[existing] = Arc::new(Endpoint::new(
+                    id,
+                    addr,
+                    merged,
+                    Arc::clone(&config),
+                    Arc::clone(&latency),
+                    epoch,
+                ));
+                continue;
+            }
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            endpoints.push(Arc::new(Endpoint::new(
+                id,
+                addr,
+                weight,
+                Arc::clone(&config),
+                Arc::clone(&latency),
+                epoch,
+            )));
+        }
+        let fixed =
+            (endpoints.len() == 1 && discovery.is_none()).then(|| Arc::clone(&endpoints[0]));
+        let set = EndpointSet::new(endpoints, &balancer);
+        Self {
+            shared: Arc::new(Shared {
+                fixed,
+                set: ArcSwap::from_pointee(set),
+                reads_load: balancer.reads_load(),
+                balancer,
+                rng,
+                epoch,
+                config,
+                latency,
+                next_id,
+                started: AtomicBool::new(false),
+                discovery: Discovery(Mutex::new(discovery)),
+            }),
+        }
+    }
+
+    /// The addresses of the endpoints now.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .set
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| e.addr())
+            .collect()
+    }
+
+    /// Server slots held by the endpoints' current connections (diagnostics).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shared
+            .set
+            .load()
+            .endpoints
+            .iter()
+            .filter_map(|e| e.dispatch.pool.current())
+            .map(|c| c.in_flight.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
+impl Shared {
+    /// On the first call: every endpoint connects and keeps connecting, and discovery starts.
+    fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for endpoint in &self.set.load().endpoints {
+            endpoint.dispatch.pool.keep_connected();
+        }
+        let discovery = self
+            .discovery
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(stream) = discovery {
+            tokio::spawn(run_discovery(Arc::downgrade(self), stream));
+        }
+    }
+
+    fn apply(&self, change: Change) {
+        let current = self.set.load_full();
+        let mut endpoints = current.endpoints.clone();
+        match change {
+            Change::Insert { addr, weight } => {
+                let weight = weight.max(1);
+                let position = endpoints.iter().position(|e| e.addr() == addr);
+                if let Some(i) = position {
+                    if endpoints[i].weight == weight {
+                        return;
+                    }
+                }
+                let id = position.map_or_else(
+                    || self.next_id.fetch_add(1, Ordering::Relaxed),
+                    |i| endpoints[i].id,
+                );
+                let endpoint = Arc::new(Endpoint::new(
+                    id,
+                    addr,
+                    weight,
+                    Arc::clone(&self.config),
+                    Arc::clone(&self.latency),
+                    self.epoch,
+                ));
+                // A newcomer competes at once: it starts from the lowest estimate there is.
+                if let Some(decay) = self.decay() {
+                    let now = Instant::now();
+                    let lowest = endpoints
+                        .iter()
+                        .filter_map(|e| e.load.estimate(now, decay))
+                        .min_by(f64::total_cmp);
+                    if let Some(lowest) = lowest {
+                        endpoint.load.seed_estimate(lowest, now);
+                    }
+                }
+                if self.started.load(Ordering::Acquire) {
+                    endpoint.dispatch.pool.keep_connected();
+                }
+                info!(%addr, weight, "endpoint added");
+                match position {
+                    Some(i) => endpoints[i] = endpoint,
+                    None => endpoints.push(endpoint),
+                }
+            }
+            Change::Remove(addr) => {
+                let before = endpoints.len();
+                endpoints.retain(|e| e.addr() != addr);
+                if endpoints.len() == before {
+                    return;
+                }
+                info!(%addr, "endpoint removed");
+            }
+        }
+        self.set
+            .store(Arc::new(EndpointSet::new(endpoints, &self.balancer)));
+    }
+
+    /// The decay of the latency estimate, when picks read it.
+    fn decay(&self) -> Option<Duration> {
+        match &self.balancer {
+            Balancer::PeakEwma(config) => Some(config.decay),
+            _ => None,
+        }
+    }
+
+    /// The endpoint for `attempt`, by the tiers in the module's doc; `skip` holds endpoints that
+    /// already had no connection to give this attempt.
+    fn choose(&self, set: &EndpointSet, attempt: &Attempt, skip: u64) -> Option<Arc<Endpoint>> {
+        let endpoints = &set.endpoints;
+        if let Some(pinned) = attempt.call.pinned_endpoint() {
+            return endpoints.iter().find(|e| e.id == pinned).cloned();
+        }
+        let now = Instant::now();
+        let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
+        let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
+        let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
+            &|e| e.is_ready() && fresh(e),
+            &|e| !e.is_failing() && fresh(e),
+            &|e| e.is_ready() && !skipped(e),
+            &|e| !e.is_failing() && !skipped(e),
+            &|e| !skipped(e),
+        ];
+        for tier in tiers {
+            // An empty tier is passed over before the rule sees it, so that round robin's
+            // position moves only with real picks.
+            if !endpoints.iter().any(|e| tier(e)) {
+                continue;
+            }
+            let eligible = |i: usize| endpoints.get(i).is_some_and(|e| tier(e));
+            let chosen = pick(
+                &self.balancer,
+                endpoints,
+                &set.state,
+                &self.rng,
+                attempt.hash_key,
+                now,
+                eligible,
+            );
+            if let Some(i) = chosen {
+                return endpoints.get(i).cloned();
+            }
+        }
+        None
+    }
+}
+
+impl CallService for Balance {
+    async fn call(&self, attempt: Attempt) -> Result<Reply, Error> {
+        if let Some(endpoint) = &self.shared.fixed {
+            return endpoint.dispatch.call(attempt).await;
+        }
+        let shared = &self.shared;
+        if !shared.started.load(Ordering::Relaxed) {
+            shared.start();
+        }
+        // Endpoints that had no connection to give this attempt.
+        let mut skip: u64 = 0;
+        loop {
+            let set = shared.set.load_full();
+            let Some(endpoint) = shared.choose(&set, &attempt, skip) else {
+                return Err(no_endpoint(&attempt));
+            };
+            // Another endpoint to go to if this one has no connection to give.
+            let others = attempt.call.pinned_endpoint().is_none()
+                && set
+                    .endpoints
+                    .iter()
+                    .any(|e| e.id != endpoint.id && skip & bit(e.id) == 0);
+            drop(set);
+            let outstanding = shared.reads_load.then(|| endpoint.load.start());
+            // Wait for a connection only where no other endpoint is left to try.
+            let wait = attempt.wait_for_ready && !others;
+            let conn = match endpoint.dispatch.connection(&attempt, wait).await {
+                Ok(conn) => conn,
+                Err(err) if others && err.has_cause::<NoConnection>() => {
+                    debug!(addr = %endpoint.addr(), "no connection: trying another endpoint");
+                    drop(outstanding);
+                    endpoint.dispatch.pool.kick();
+                    skip |= bit(endpoint.id);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            attempt.call.tried(endpoint.id);
+            let Some(decay) = shared.decay() else {
+                return endpoint.dispatch.send_on(&conn, attempt).await;
+            };
+            let started = Instant::now();
+            let result = endpoint.dispatch.send_on(&conn, attempt).await;
+            // Every attempt that reached the server is a latency sample, failures included: a
+            // deadline spent waiting on a hung server makes it look as slow as it is.
+            if result
+                .as_ref()
+                .err()
+                .is_none_or(|e| e.outcome() != Outcome::NotSent)
+            {
+                let now = Instant::now();
+                endpoint.load.observe(now - started, now, decay);
+            }
+            drop(outstanding);
+            return result;
+        }
+    }
+}
+
+fn bit(id: u64) -> u64 {
+    1 << (id % 64)
+}
+
+fn no_endpoint(attempt: &Attempt) -> Error {
+    if attempt.call.pinned_endpoint().is_some() {
+        // The endpoint the call may have run on was removed: no other can deduplicate it.
+        return Error::from_code(
+            StatusCode::UNAVAILABLE,
+            NoDedupeWindow.to_string(),
+            Outcome::MaybeExecuted,
+        )
+        .with_source(NoDedupeWindow);
+    }
+    Error::from_code(
+        StatusCode::UNAVAILABLE,
+        "no endpoint to send to: the channel's endpoint set is empty",
+        Outcome::NotSent,
+    )
+}
+
+/// Applies a discovery source's changes until it ends or the channel is gone.
+async fn run_discovery(shared: Weak<Shared>, mut stream: BoxStream<'static, Change>) {
+    while let Some(change) = stream.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.apply(change);
+    }
+    debug!("discovery stream ended: the endpoint set stays as it is");
+}

@@ -1,0 +1,489 @@
+//! A channel over several servers: each balancer's picks, endpoints skipped when they cannot be
+//! reached, failover when a server process is killed, endpoint changes from discovery, and names
+//! resolved at build. Real TCP on 127.0.0.1; servers in this process, behind the fault proxy, or
+//! in child processes that are killed.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel::client::{Balancer, Change, ConsistentHash, PeakEwma, Target};
+use keel::core::CallContext;
+use keel::{CallOptions, Channel, Error, Outcome, PayloadCodec, Server, ServerHandle, StatusCode};
+use rpc_chaos::{Direction, Faults, Proxy, ServerProcess};
+
+/// A server whose `Who.name` answers with `name` and counts its calls.
+async fn named(name: &'static str) -> (ServerHandle, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let server = support::start(Server::builder().register(
+        "Who.name",
+        move |_ctx: CallContext, _payload: Bytes| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Bytes::from_static(name.as_bytes())) }
+        },
+    ))
+    .await;
+    (server, calls)
+}
+
+async fn three() -> (Vec<ServerHandle>, Vec<Arc<AtomicUsize>>) {
+    let mut servers = Vec::new();
+    let mut counts = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (server, calls) = named(name).await;
+        servers.push(server);
+        counts.push(calls);
+    }
+    (servers, counts)
+}
+
+fn options() -> CallOptions {
+    CallOptions::new().timeout(Duration::from_secs(2))
+}
+
+async fn who(channel: &Channel, options: CallOptions) -> String {
+    let reply = channel
+        .call("Who.name", Bytes::new(), options)
+        .await
+        .unwrap();
+    String::from_utf8(reply.payload.to_vec()).unwrap()
+}
+
+/// One call (which starts every endpoint connecting), then a pause for the connections.
+async fn warm_up(channel: &Channel) -> String {
+    let first = who(channel, options()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first
+}
+
+#[tokio::test]
+async fn round_robin_and_smooth_weighted_round_robin_give_their_exact_sequences() {
+    let (servers, _) = three().await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(ServerHandle::local_addr).collect();
+
+    let channel = Channel::cluster(addrs.clone())
+        .balancer(Balancer::RoundRobin)
+        .build();
+    let mut seen = vec![warm_up(&channel).await];
+    for _ in 0..11 {
+        seen.push(who(&channel, options()).await);
+    }
+    assert_eq!(seen.concat(), "abcabcabcabc");
+
+    let weighted = addrs
+        .iter()
+        .zip([5, 1, 1])
+        .map(|(&addr, weight)| Target::addr(addr).weight(weight));
+    let channel = Channel::cluster(weighted)
+        .balancer(Balancer::WeightedRoundRobin)
+        .build();
+    let mut seen = vec![warm_up(&channel).await];
+    for _ in 0..13 {
+        seen.push(who(&channel, options()).await);
+    }
+    // nginx's sequence for weights 5, 1, 1, twice.
+    assert_eq!(seen.concat(), "aabacaaaabacaa");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_under_a_tenth_to_a_slow_endpoint_and_returns_to_it_when_it_recovers() {
+    let (servers, counts) = three().await;
+    let proxy = Proxy::start(servers[2].local_addr(), support::chaos_seed("peak_ewma"))
+        .await
+        .unwrap();
+    proxy.set_faults(
+        Direction::ServerToClient,
+        Faults::none().latency(Duration::from_millis(200), Duration::ZERO),
+    );
+    let addrs = [
+        servers[0].local_addr(),
+        servers[1].local_addr(),
+        proxy.local_addr(),
+    ];
+    // The default balancer for the share; a 1 s decay so that the return is seen in seconds
+    // (with the default 10 s, the slow endpoint's estimate takes about a minute to fade).
+    let channel = Channel::cluster(addrs)
+        .balancer(Balancer::PeakEwma(
+            PeakEwma::new().decay(Duration::from_secs(1)).seed(11),
+        ))
+        .build();
+    let default = Channel::cluster(addrs).build();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let run = |channel: Channel, for_how_long: Duration| {
+        let failures = Arc::clone(&failures);
+        async move {
+            let until = tokio::time::Instant::now() + for_how_long;
+            let callers: Vec<_> = (0..8)
+                .map(|_| {
+                    let channel = channel.clone();
+                    let failures = Arc::clone(&failures);
+                    tokio::spawn(async move {
+                        while tokio::time::Instant::now() < until {
+                            if channel
+                                .call("Who.name", Bytes::new(), options())
+                                .await
+                                .is_err()
+                            {
+                                failures.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+        }
+    };
+    let snapshot = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    };
+
+    // The default balancer: within 2 s the slow endpoint gets under a tenth of the calls.
+    run(default.clone(), Duration::from_secs(2)).await;
+    let before = snapshot();
+    run(default, Duration::from_secs(2)).await;
+    let after = snapshot();
+    let share: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: usize = share.iter().sum();
+    assert!(total > 100, "{share:?}");
+    assert!(share[2] * 10 < total, "slow endpoint got {share:?}");
+
+    // Delay removed: within 8 s the endpoint is back in use.
+    run(channel.clone(), Duration::from_secs(1)).await;
+    proxy.clear_faults();
+    let before = snapshot();
+    let mut back = false;
+    for _ in 0..8 {
+        run(channel.clone(), Duration::from_secs(1)).await;
+        if snapshot()[2] > before[2] + 20 {
+            back = true;
+            break;
+        }
+    }
+    assert!(
+        back,
+        "the recovered endpoint got no traffic: {:?} -> {:?}",
+        before,
+        snapshot()
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "latency is not failure");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_be_reached_is_skipped_at_no_cost_to_the_call() {
+    let (server, calls) = named("live").await;
+    // A port nothing listens on: connecting is refused at once.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    for balancer in [Balancer::RoundRobin, Balancer::default()] {
+        let channel = Channel::cluster([closed, server.local_addr()])
+            .balancer(balancer)
+            .build();
+        for _ in 0..20 {
+            assert_eq!(who(&channel, options()).await, "live");
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 40);
+
+    // Every endpoint refusing: a fail-fast call fails at once with UNAVAILABLE, NOT_SENT.
+    let closed_too = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let channel = Channel::cluster([closed, closed_too]).build();
+    let started = tokio::time::Instant::now();
+    let err = channel
+        .call("Who.name", Bytes::new(), options().wait_for_ready(false))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_each_key_on_one_server() {
+    let (servers, counts) = three().await;
+    let addrs: Vec<SocketAddr> = servers.iter().map(ServerHandle::local_addr).collect();
+    let channel = Channel::cluster(addrs)
+        .balancer(Balancer::ConsistentHash(ConsistentHash::new()))
+        .build();
+    warm_up(&channel).await;
+    let mut home: HashMap<u32, String> = HashMap::new();
+    for round in 0..3 {
+        for key in 0..60u32 {
+            let name = who(&channel, options().hash_key(format!("user-{key}"))).await;
+            let first = home.entry(key).or_insert_with(|| name.clone());
+            assert_eq!(*first, name, "key {key} moved in round {round}");
+        }
+    }
+    let per_server = counts
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .collect::<Vec<_>>();
+    assert!(
+        per_server.iter().all(|&n| n >= 20),
+        "keys spread over all: {per_server:?}"
+    );
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn discovery_adds_and_removes_endpoints_while_calls_run() {
+    let (a, a_calls) = named("a").await;
+    let (b, b_calls) = named("b").await;
+    let (changes, stream) = futures::channel::mpsc::unbounded::<Change>();
+    let channel = Channel::cluster([a.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .discover(stream)
+        .build();
+    for _ in 0..5 {
+        assert_eq!(who(&channel, options()).await, "a");
+    }
+    changes
+        .unbounded_send(Change::Insert {
+            addr: b.local_addr(),
+            weight: 1,
+        })
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(2), || channel.addrs().len() == 2).await,
+        "insert applied"
+    );
+    let mut seen = String::new();
+    for _ in 0..10 {
+        seen += &who(&channel, options()).await;
+    }
+    assert!(seen.contains('b') && seen.contains('a'), "{seen}");
+    changes
+        .unbounded_send(Change::Remove(a.local_addr()))
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(2), || channel.addrs()
+            == [b.local_addr()])
+        .await
+    );
+    let a_before = a_calls.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(who(&channel, options()).await, "b");
+    }
+    assert_eq!(
+        a_calls.load(Ordering::SeqCst),
+        a_before,
+        "no call to a removed endpoint"
+    );
+    assert!(b_calls.load(Ordering::SeqCst) >= 10);
+
+    // Everything removed: calls fail UNAVAILABLE, NOT_SENT.
+    changes
+        .unbounded_send(Change::Remove(b.local_addr()))
+        .unwrap();
+    assert!(support::eventually(Duration::from_secs(2), || channel.addrs().is_empty()).await);
+    let err = channel
+        .call("Who.name", Bytes::new(), options().no_retry())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent)
+    );
+    drop(changes);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn names_resolve_at_build_and_a_bad_one_is_a_typed_error() {
+    // Names that need no DNS server: a numeric host is resolved locally.
+    let channel = Channel::cluster([
+        Target::name("127.0.0.1:7001"),
+        Target::from("127.0.0.1:7002"),
+    ])
+    .try_build()
+    .unwrap();
+    let addrs: Vec<String> = channel.addrs().iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+    // No port: refused before any lookup is made.
+    let err = Channel::cluster([Target::name("127.0.0.1")])
+        .try_build()
+        .unwrap_err();
+    assert_eq!(err.name(), "127.0.0.1");
+    // build() leaves it out, and the channel has nothing to call.
+    assert!(
+        Channel::cluster(["no-port-here"])
+            .build()
+            .addrs()
+            .is_empty()
+    );
+}
+
+const CODEC: keel::Bincode<{ keel::core::DEFAULT_DECODE_LIMIT }> = keel::Bincode;
+
+fn args<T: serde::Serialize>(value: T) -> Bytes {
+    CODEC.encode(&(value,)).unwrap()
+}
+
+fn journal_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_process_costs_no_idempotent_call_and_runs_no_call_twice() {
+    let dir = std::env::temp_dir().join(format!("keel-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut servers = Vec::new();
+    let mut journals = Vec::new();
+    for i in 0..3 {
+        let journal = dir.join(format!("server-{i}"));
+        let _ = std::fs::remove_file(&journal);
+        let server = ServerProcess::start(
+            support::echo_example(),
+            ["--journal".into(), journal.clone().into_os_string()],
+        )
+        .await
+        .unwrap();
+        servers.push(server);
+        journals.push(journal);
+    }
+    let channel =
+        Channel::cluster(servers.iter().map(ServerProcess::addr).collect::<Vec<_>>()).build();
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    // 4 callers of the idempotent method, 2 of the non-idempotent one, each call with a 1 s
+    // deadline and its own payload.
+    let callers: Vec<_> = (0..6u32)
+        .map(|caller| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let mut results: Vec<(String, Result<(), Error>)> = Vec::new();
+                let mut n = 0u32;
+                while tokio::time::Instant::now() < until {
+                    n += 1;
+                    let text = format!("{caller}-{n}");
+                    let options = CallOptions::new().timeout(Duration::from_secs(1));
+                    let result = if caller < 4 {
+                        channel
+                            .call(
+                                "Echo.echo_bytes",
+                                args(Bytes::from(text.clone())),
+                                options.idempotent(true),
+                            )
+                            .await
+                    } else {
+                        channel.call("Echo.echo", args(text.clone()), options).await
+                    };
+                    results.push((text, result.map(|_| ())));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                results
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    servers[1].kill().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before_restart = journal_lines(&journals[1]).len();
+    servers[1].restart().await.unwrap();
+    let restarted_at = tokio::time::Instant::now();
+    let back = support::eventually(Duration::from_secs(1), || {
+        journal_lines(&journals[1]).len() > before_restart
+    })
+    .await;
+    let back_after = restarted_at.elapsed();
+
+    let mut idempotent = (0, 0);
+    let mut failed_plain = Vec::new();
+    let mut succeeded_plain = Vec::new();
+    for (caller, handle) in callers.into_iter().enumerate() {
+        for (text, result) in handle.await.unwrap() {
+            if caller < 4 {
+                idempotent.0 += 1;
+                if let Err(err) = result {
+                    idempotent.1 += 1;
+                    eprintln!("idempotent call {text} failed: {err:?}");
+                }
+            } else {
+                match result {
+                    Ok(()) => succeeded_plain.push(text),
+                    Err(err) => failed_plain.push((text, err)),
+                }
+            }
+        }
+    }
+    assert!(
+        back,
+        "the restarted server got no call within 1 s of its restart"
+    );
+    assert!(idempotent.0 > 200, "calls made: {}", idempotent.0);
+    assert_eq!(idempotent.1, 0, "idempotent calls failed across the kill");
+
+    // Non-idempotent calls: none ran twice, every success ran once, and a failure that says it
+    // did not run did not.
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for journal in &journals {
+        for line in journal_lines(journal) {
+            if let Some(text) = line.strip_prefix("echo ") {
+                *runs.entry(text.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    assert!(runs.values().all(|&n| n == 1), "a handler ran twice");
+    for text in &succeeded_plain {
+        assert_eq!(
+            runs.get(text),
+            Some(&1),
+            "{text} succeeded but did not run once"
+        );
+    }
+    for (text, err) in &failed_plain {
+        assert!(
+            matches!(err.outcome(), Outcome::MaybeExecuted) || !runs.contains_key(text),
+            "{text} failed {:?} but ran",
+            err.outcome()
+        );
+        // Only calls in flight on the killed server may fail, and only as MAYBE_EXECUTED.
+        assert_eq!(err.outcome(), Outcome::MaybeExecuted, "{text}: {err:?}");
+    }
+    assert!(
+        failed_plain.len() <= 2,
+        "at most the 2 callers' calls in flight: {failed_plain:?}"
+    );
+    eprintln!(
+        "idempotent calls: {}; non-idempotent: {} ok, {} failed (MAYBE_EXECUTED); back in \
+         rotation {back_after:?} after the restart",
+        idempotent.0,
+        succeeded_plain.len(),
+        failed_plain.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
