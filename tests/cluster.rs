@@ -180,6 +180,13 @@ async fn peak_ewma_sends_under_a_tenth_to_a_slow_endpoint_and_returns_to_it_when
         snapshot()
     );
     assert_eq!(failures.load(Ordering::SeqCst), 0, "latency is not failure");
+    // One connection per channel through the proxy, never replaced: latency is not death (the
+    // suspicion detector may have suspected it for a moment; that closes nothing).
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "a connection to the slow endpoint was replaced"
+    );
     for server in servers {
         server.shutdown().await;
     }
@@ -484,6 +491,148 @@ async fn a_killed_server_process_costs_no_idempotent_call_and_runs_no_call_twice
         idempotent.0,
         succeeded_plain.len(),
         failed_plain.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Calls from `callers` tasks until `until`: the first `idempotent` of them call the idempotent
+/// method with `padding` bytes, the others the journaled non-idempotent one. Each result comes
+/// with its text and when the call started.
+type Timed = (String, tokio::time::Instant, Result<(), Error>);
+
+fn spawn_callers(
+    channel: &Channel,
+    callers: u32,
+    idempotent: u32,
+    padding: usize,
+    until: tokio::time::Instant,
+) -> Vec<tokio::task::JoinHandle<Vec<Timed>>> {
+    (0..callers)
+        .map(|caller| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut n = 0u32;
+                while tokio::time::Instant::now() < until {
+                    n += 1;
+                    let text = format!("{caller}-{n}");
+                    let started = tokio::time::Instant::now();
+                    let options = CallOptions::new().timeout(Duration::from_secs(1));
+                    let result = if caller < idempotent {
+                        let mut data = text.clone().into_bytes();
+                        data.resize(padding, b'.');
+                        channel
+                            .call(
+                                "Echo.echo_bytes",
+                                args(Bytes::from(data)),
+                                options.idempotent(true),
+                            )
+                            .await
+                    } else {
+                        channel.call("Echo.echo", args(text.clone()), options).await
+                    };
+                    results.push((text, started, result.map(|_| ())));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                results
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_leaves_the_rotation_within_500_ms_and_returns_after_sigcont() {
+    let dir = std::env::temp_dir().join(format!("keel-cluster-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut servers = Vec::new();
+    let mut journals = Vec::new();
+    for i in 0..3 {
+        let journal = dir.join(format!("server-{i}"));
+        let _ = std::fs::remove_file(&journal);
+        servers.push(
+            ServerProcess::start(
+                support::echo_example(),
+                ["--journal".into(), journal.clone().into_os_string()],
+            )
+            .await
+            .unwrap(),
+        );
+        journals.push(journal);
+    }
+    // Server 1 behind the proxy, which counts the bytes the client sends it.
+    let proxy = Proxy::start(servers[1].addr(), support::chaos_seed("stopped endpoint"))
+        .await
+        .unwrap();
+    let addrs = [servers[0].addr(), proxy.local_addr(), servers[2].addr()];
+    let channel = Channel::cluster(addrs).build();
+    let sent_to_stopped = || proxy.connections().iter().map(|c| c.to_server).sum::<u64>();
+    let padding = 1024;
+    let until = tokio::time::Instant::now() + Duration::from_millis(5500);
+    let callers = spawn_callers(&channel, 8, 6, padding, until);
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    servers[1].stop().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bytes_at_500_ms = sent_to_stopped();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let bytes_at_resume = sent_to_stopped();
+    servers[1].resume().unwrap();
+    let resumed = tokio::time::Instant::now();
+
+    let mut results: Vec<(u32, Timed)> = Vec::new();
+    for (caller, handle) in callers.into_iter().enumerate() {
+        for result in handle.await.unwrap() {
+            results.push((u32::try_from(caller).unwrap(), result));
+        }
+    }
+    let idempotent_failures: Vec<_> = results
+        .iter()
+        .filter(|(caller, (_, _, r))| *caller < 6 && r.is_err())
+        .collect();
+    assert!(results.len() > 500, "calls made: {}", results.len());
+    assert!(idempotent_failures.is_empty(), "{idempotent_failures:?}");
+    // Between 500 ms after SIGSTOP and SIGCONT: not one request (each is over 1 KiB), only the
+    // odd PING.
+    let grew = bytes_at_resume - bytes_at_500_ms;
+    assert!(
+        grew < padding as u64,
+        "{grew} bytes sent to the stopped server"
+    );
+    // Non-idempotent calls: each failure may have run, none ran twice, and after SIGCONT the
+    // server gets new calls within 1 s.
+    let mut runs: HashMap<String, (usize, usize)> = HashMap::new();
+    for (server, journal) in journals.iter().enumerate() {
+        for line in journal_lines(journal) {
+            if let Some(text) = line.strip_prefix("echo ") {
+                let entry = runs.entry(text.to_owned()).or_insert((0, server));
+                entry.0 += 1;
+            }
+        }
+    }
+    assert!(runs.values().all(|&(n, _)| n == 1), "a handler ran twice");
+    let mut back_within = None;
+    for (caller, (text, started, result)) in &results {
+        if *caller < 6 {
+            continue;
+        }
+        match result {
+            Ok(()) => assert_eq!(runs.get(text).map(|r| r.0), Some(1), "{text}"),
+            Err(err) => assert_eq!(err.outcome(), Outcome::MaybeExecuted, "{text}: {err:?}"),
+        }
+        if runs.get(text).is_some_and(|&(_, server)| server == 1) && *started > resumed {
+            let after = *started - resumed;
+            back_within = Some(back_within.map_or(after, |b: Duration| b.min(after)));
+        }
+    }
+    let back_within = back_within.expect("the resumed server got no new call");
+    assert!(
+        back_within < Duration::from_secs(1),
+        "back after {back_within:?}"
+    );
+    eprintln!(
+        "{} calls; {grew} bytes to the stopped server after 500 ms; back in rotation {back_within:?} \
+         after SIGCONT",
+        results.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

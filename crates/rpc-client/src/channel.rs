@@ -90,6 +90,8 @@ impl Channel {
         discovery: Option<futures::stream::BoxStream<'static, Change>>,
         config: ClientConfig,
     ) -> Self {
+        let mut config = config;
+        config.cluster = addrs.len() > 1 || discovery.is_some();
         let config = Arc::new(config);
         let budget = config.budget.map(|b| Arc::new(b.build()));
         let latency = Arc::new(LatencyTracker::default());

@@ -27,6 +27,12 @@ pub(crate) struct ClientConfig {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) hedge: Option<HedgePolicy>,
     pub(crate) budget: Option<RetryBudget>,
+    /// φ at which a connection's server is suspected.
+    pub(crate) suspicion_threshold: f64,
+    pub(crate) suspicion_min_deviation: Duration,
+    /// The channel has several endpoints (or discovery): connections watch for suspicion and
+    /// hand their idempotent calls back to be tried elsewhere.
+    pub(crate) cluster: bool,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +52,9 @@ impl Default for ClientConfig {
             retry: Some(RetryPolicy::default()),
             hedge: None,
             budget: Some(RetryBudget::default()),
+            suspicion_threshold: 8.0,
+            suspicion_min_deviation: Duration::from_millis(20),
+            cluster: false,
         }
     }
 }
@@ -237,6 +246,31 @@ impl ChannelBuilder {
     /// [`RetryBudget::default`]: 20 % of calls plus 10 per second over 10 s.
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.config.budget = Some(budget);
+        self
+    }
+
+    /// In a channel over several endpoints: the suspicion level φ at which an endpoint gets no
+    /// new calls and its connection hands its waiting idempotent calls back to be tried
+    /// elsewhere. Default 8, as Akka and Cassandra: with the default minimum deviation, a server
+    /// that sent nothing for about 115 ms past its usual gap while calls wait. φ counts the
+    /// silence in the standard deviations of the recent gaps between arrivals, so a server whose
+    /// answers take longer raises its own bound; suspicion never closes a connection, and ends at
+    /// the next byte from the server. See [`Balancer`].
+    pub fn suspicion_threshold(mut self, phi: f64) -> Self {
+        self.config.suspicion_threshold = if phi.is_finite() {
+            phi.clamp(0.5, 30.0)
+        } else {
+            8.0
+        };
+        self
+    }
+
+    /// The least standard deviation the suspicion detector assumes for the gaps between
+    /// arrivals. Default 20 ms: gaps on a busy connection are far shorter, and without a floor a
+    /// scheduling pause of a few milliseconds would look like a hung server. Akka uses 100 ms for
+    /// its 1 s heartbeats; calls here are answered in microseconds to milliseconds.
+    pub fn suspicion_min_deviation(mut self, deviation: Duration) -> Self {
+        self.config.suspicion_min_deviation = deviation.max(Duration::from_millis(1));
         self
     }
 

@@ -33,12 +33,13 @@ use rpc_transport::{
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
 use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
+use crate::suspicion::{Detector, PeerSuspected, Suspected, SuspicionConfig, Verdict};
 use crate::withdrawn::Withdrawals;
 
 /// How long a withdrawn call may hold its slot past its deadline when the connection has no
@@ -236,6 +237,8 @@ pub(crate) struct ConnectionHandle {
     pub(crate) usable: Arc<Usable>,
     /// Calls waiting for a response.
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Whether the server is suspected now (connections of a cluster's endpoints only).
+    pub(crate) suspected: Option<Arc<Suspected>>,
     /// The server's announced limits.
     pub(crate) peer: Settings,
 }
@@ -350,6 +353,12 @@ pub(crate) async fn connect(
         .map(|interval| Heartbeat::new(interval, config.dead_after_intervals, Instant::now()));
     let (commands, receiver) = mpsc::unbounded_channel();
     let usable = Arc::new(Usable::new());
+    let detector = config.cluster.then(|| {
+        let suspicion =
+            SuspicionConfig::new(config.suspicion_threshold, config.suspicion_min_deviation);
+        Detector::new(suspicion, Instant::now())
+    });
+    let suspected = detector.as_ref().map(Detector::flag);
     let in_flight = Arc::new(AtomicUsize::new(0));
     let connection = Connection {
         io,
@@ -372,6 +381,7 @@ pub(crate) async fn connect(
         usable: Arc::clone(&usable),
         in_flight: Arc::clone(&in_flight),
         heartbeat,
+        detector,
         pings_sent: 0,
         pongs_seen: 0,
         withdrawn: Withdrawals::default(),
@@ -393,6 +403,7 @@ pub(crate) async fn connect(
         commands,
         usable,
         in_flight,
+        suspected,
         peer: ack.settings,
     })
 }
@@ -402,6 +413,8 @@ pub(crate) async fn connect(
 #[derive(Debug)]
 struct Pending {
     reply: oneshot::Sender<Result<Reply, Error>>,
+    /// Safe to run again: handed back to be tried elsewhere when the server is suspected.
+    idempotent: bool,
     /// The write batch its REQUEST went into.
     batch: u64,
     deadline: Deadline,
@@ -442,6 +455,8 @@ struct Connection {
     usable: Arc<Usable>,
     in_flight: Arc<AtomicUsize>,
     heartbeat: Option<Heartbeat>,
+    /// Failure prediction, in a cluster's endpoints: see [`crate::suspicion`].
+    detector: Option<Detector>,
     /// PINGs sent so far: each PING's opaque bytes are its number.
     pings_sent: u64,
     /// The highest PING number a PONG answered.
@@ -467,18 +482,49 @@ impl Connection {
             Command::Call(call) => self.on_call(call),
             Command::Cancel { call_id } => {
                 if let Some(pending) = self.pending.remove(&call_id) {
-                    let _ = self
-                        .queue
-                        .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
-                    let now = Instant::now();
-                    let grace = self
-                        .heartbeat
-                        .as_ref()
-                        .map_or(NO_HEARTBEAT_GRACE, Heartbeat::dead_after);
-                    let stale_at = pending.deadline.instant().max(now) + grace;
-                    self.withdrawn
-                        .withdraw(call_id, self.pings_sent + 1, now, stale_at);
+                    self.withdraw(call_id, &pending);
                 }
+            }
+        }
+    }
+
+    /// A sent call nobody waits for any more: CANCEL on the wire, and its slot counted as held
+    /// until the server is known to have freed it.
+    fn withdraw(&mut self, call_id: u64, pending: &Pending) {
+        let _ = self
+            .queue
+            .push(&Frame::Cancel(rpc_codec::Cancel { call_id }));
+        let now = Instant::now();
+        let grace = self
+            .heartbeat
+            .as_ref()
+            .map_or(NO_HEARTBEAT_GRACE, Heartbeat::dead_after);
+        let stale_at = pending.deadline.instant().max(now) + grace;
+        self.withdrawn
+            .withdraw(call_id, self.pings_sent + 1, now, stale_at);
+    }
+
+    /// The server is suspected: every waiting idempotent call goes back to its caller, failed
+    /// UNAVAILABLE, MAYBE_EXECUTED, so the retry layer tries it on another endpoint at once; here
+    /// it is withdrawn with a CANCEL. Other calls keep waiting: they may have run.
+    fn hand_back_idempotent(&mut self, silent_for: Duration) {
+        let ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.idempotent)
+            .map(|(&id, _)| id)
+            .collect();
+        for call_id in ids {
+            if let Some(pending) = self.pending.remove(&call_id) {
+                self.withdraw(call_id, &pending);
+                let cause = PeerSuspected { silent_for };
+                let err = Error::from_code(
+                    StatusCode::UNAVAILABLE,
+                    cause.to_string(),
+                    Outcome::MaybeExecuted,
+                )
+                .with_source(cause);
+                let _ = pending.reply.send(Err(err));
             }
         }
     }
@@ -637,12 +683,14 @@ impl Connection {
             return; // the caller gave up first: never sent
         }
         call.request.call_id = call_id;
+        let idempotent = call.request.idempotent;
         match self.queue.push(&Frame::Request(call.request)) {
             Ok(batch) => {
                 self.last_call_id = call_id;
                 self.pending.insert(
                     call_id,
                     Pending {
+                        idempotent,
                         reply: call.reply,
                         batch,
                         deadline: call.deadline,
@@ -863,6 +911,11 @@ impl Connection {
                     if let Some(heartbeat) = &mut self.heartbeat {
                         heartbeat.received(Instant::now());
                     }
+                    if let Some(detector) = &mut self.detector {
+                        if detector.arrived(self.now) {
+                            info!(addr = %self.addr, "server no longer suspected: it sent again");
+                        }
+                    }
                     progress = true;
                 }
                 Poll::Ready(Err(err)) => {
@@ -880,6 +933,17 @@ impl Connection {
     fn check_timers(&mut self, now: Instant) -> Option<Instant> {
         if self.end.is_some() {
             return None;
+        }
+        if let Some(detector) = self.detector.as_mut() {
+            match detector.check(now) {
+                Verdict::Probe if self.pongs_seen == self.pings_sent => self.send_ping(),
+                Verdict::Suspect => {
+                    let silent_for = detector.silent_for(now);
+                    warn!(addr = %self.addr, ?silent_for, "server suspected: no new calls here");
+                    self.hand_back_idempotent(silent_for);
+                }
+                Verdict::Probe | Verdict::Nothing => {}
+            }
         }
         if let Some(heartbeat) = self.heartbeat.as_mut() {
             match heartbeat.poll(now) {
@@ -907,6 +971,7 @@ impl Connection {
         }
         self.expire_waiting(now);
         [
+            self.detector.as_ref().and_then(|d| d.next_due(now)),
             self.heartbeat.as_ref().map(Heartbeat::next_due),
             self.withdrawn.next_probe(),
             self.next_give_up,
@@ -1011,6 +1076,10 @@ impl Future for Connection {
                 _ => {}
             }
             this.in_flight.store(this.slots_held(), Ordering::Release);
+            let expecting = this.slots_held() > 0;
+            if let Some(detector) = &mut this.detector {
+                detector.expect(expecting, this.now);
+            }
             let idle = this.pending.is_empty() && this.queue.is_empty() && this.waiting.is_empty();
             if idle && (this.callers_gone || this.goaway_last.is_some() || this.retiring) {
                 // Nobody will send another call here: close politely. (Withdrawn calls have no

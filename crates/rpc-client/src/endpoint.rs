@@ -56,6 +56,11 @@ impl Endpoint {
         self.dispatch.pool.is_ready()
     }
 
+    /// Ready and not suspected: a call placed now goes out at once to a server that answers.
+    pub(crate) fn is_available(&self) -> bool {
+        self.is_ready() && !self.dispatch.pool.is_suspect()
+    }
+
     /// Connecting failed last time and no connection is there.
     pub(crate) fn is_failing(&self) -> bool {
         self.dispatch.pool.is_failing()

@@ -52,6 +52,7 @@ mod pool;
 mod retry;
 mod send;
 mod stack;
+mod suspicion;
 mod withdrawn;
 
 pub use balance::{Balancer, Change, ConsistentHash, PeakEwma, ResolveError, Target};
@@ -64,3 +65,4 @@ pub use policy::{
 };
 pub use pool::NoConnection;
 pub use retry::{RetryStopped, StopReason};
+pub use suspicion::PeerSuspected;

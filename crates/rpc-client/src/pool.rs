@@ -195,6 +195,15 @@ impl Pool {
             .is_some_and(|conn| conn.is_usable())
     }
 
+    /// Whether the current connection's server is suspected (see [`crate::suspicion`]). No lock.
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.inner
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|conn| conn.suspected.as_ref().is_some_and(|s| s.get()))
+    }
+
     /// Whether the latest connection attempt failed and no usable connection is there. No lock.
     pub(crate) fn is_failing(&self) -> bool {
         self.inner.failing.load(Ordering::Relaxed) && !self.is_ready()

@@ -291,10 +291,10 @@ impl Shared {
         let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
         let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
         let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
-            &|e| e.is_ready() && fresh(e),
-            &|e| !e.is_failing() && fresh(e),
-            &|e| e.is_ready() && !skipped(e),
-            &|e| !e.is_failing() && !skipped(e),
+            &|e| e.is_available() && fresh(e),
+            &|e| !e.is_failing() && !e.is_ready() && fresh(e),
+            &|e| e.is_available() && !skipped(e),
+            &|e| !e.is_failing() && !e.is_ready() && !skipped(e),
             &|e| !skipped(e),
         ];
         for tier in tiers {
@@ -364,13 +364,16 @@ impl CallService for Balance {
             };
             let started = Instant::now();
             let result = endpoint.dispatch.send_on(&conn, attempt).await;
-            // Every attempt that reached the server is a latency sample, failures included: a
-            // deadline spent waiting on a hung server makes it look as slow as it is.
-            if result
-                .as_ref()
-                .err()
-                .is_none_or(|e| e.outcome() != Outcome::NotSent)
-            {
+            // Answered attempts are the samples, as for the method latencies. An attempt that
+            // ended unanswered (deadline, connection lost, handed back) says how long the caller
+            // waited, not how fast the server is: a hung server is the suspicion detector's
+            // business, and a 1 s deadline as a "sample" would keep a recovered server out of
+            // rotation for a minute.
+            let answered = match &result {
+                Ok(_) => true,
+                Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
+            };
+            if answered {
                 let now = Instant::now();
                 endpoint.load.observe(now - started, now, decay);
             }

@@ -71,8 +71,9 @@ impl Balancer {
 /// The estimate of an endpoint is its latency, weighted to the recent: a sample above the estimate
 /// replaces it at once (the "peak"), one below pulls it down at the rate of `decay`, and with no
 /// samples it decays towards zero at that rate, so an endpoint avoided for being slow is tried
-/// again after a while. An attempt that failed without an answer (deadline, connection lost)
-/// counts as a sample of the time it took: a hung endpoint looks slow at once.
+/// again after a while. Only answered attempts are samples; a server that stops answering is
+/// taken out of rotation by the suspicion detector
+/// ([`ChannelBuilder::suspicion_threshold`](crate::ChannelBuilder::suspicion_threshold)).
 #[derive(Clone, Debug)]
 pub struct PeakEwma {
     pub(crate) decay: Duration,
