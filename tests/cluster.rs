@@ -636,3 +636,24 @@ async fn a_stopped_server_leaves_the_rotation_within_500_ms_and_returns_after_si
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_cluster_example_kills_a_server_and_no_call_fails() {
+    let example = support::echo_example().with_file_name("cluster");
+    let output = std::process::Command::new(&example)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("SIGKILL sent to b"), "{stdout}");
+    let after = stdout.lines().find(|l| l.starts_with("b killed:")).unwrap();
+    assert!(
+        !after.contains("\"b\""),
+        "b answered after its kill: {after}"
+    );
+    assert!(stdout.contains("failed calls: 0"), "{stdout}");
+}

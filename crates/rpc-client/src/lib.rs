@@ -1,5 +1,7 @@
 //! keel's client runtime: a [`Channel`] to one server address carries many calls at once over one
-//! connection, with deadlines, cancellation, heartbeats and exact retry-safety outcomes.
+//! connection, with deadlines, cancellation, heartbeats and exact retry-safety outcomes; a
+//! channel over several ([`Channel::cluster`]) balances them ([`Balancer`]), takes hung servers
+//! out of rotation and retries elsewhere.
 //!
 //! ```
 //! use bytes::Bytes;
