@@ -971,7 +971,7 @@ impl Connection {
         }
         self.expire_waiting(now);
         [
-            self.detector.as_ref().and_then(|d| d.next_due(now)),
+            self.detector.as_mut().and_then(|d| d.next_due(now)),
             self.heartbeat.as_ref().map(Heartbeat::next_due),
             self.withdrawn.next_probe(),
             self.next_give_up,

@@ -58,7 +58,7 @@ impl Endpoint {
 
     /// Ready and not suspected: a call placed now goes out at once to a server that answers.
     pub(crate) fn is_available(&self) -> bool {
-        self.is_ready() && !self.dispatch.pool.is_suspect()
+        self.dispatch.pool.is_available()
     }
 
     /// Connecting failed last time and no connection is there.

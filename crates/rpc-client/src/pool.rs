@@ -195,13 +195,12 @@ impl Pool {
             .is_some_and(|conn| conn.is_usable())
     }
 
-    /// Whether the current connection's server is suspected (see [`crate::suspicion`]). No lock.
-    pub(crate) fn is_suspect(&self) -> bool {
-        self.inner
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|conn| conn.suspected.as_ref().is_some_and(|s| s.get()))
+    /// A usable connection is there and its server is not suspected (see
+    /// [`crate::suspicion`]). No lock.
+    pub(crate) fn is_available(&self) -> bool {
+        self.inner.current.load().as_ref().is_some_and(|conn| {
+            conn.is_usable() && !conn.suspected.as_ref().is_some_and(|s| s.get())
+        })
     }
 
     /// Whether the latest connection attempt failed and no usable connection is there. No lock.

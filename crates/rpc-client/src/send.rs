@@ -50,6 +50,28 @@ impl Dispatch {
         conn: &ConnectionHandle,
         attempt: Attempt,
     ) -> Result<Reply, Error> {
+        self.send_sampled(conn, attempt).await.0
+    }
+
+    /// [`send_on`](Self::send_on), with the time from sending to the answer (queueing in the
+    /// connection included) when the server answered: a balancer's latency sample, at no
+    /// extra clock read.
+    pub(crate) async fn send_sampled(
+        &self,
+        conn: &ConnectionHandle,
+        attempt: Attempt,
+    ) -> (Result<Reply, Error>, Option<Duration>) {
+        let mut sample = None;
+        let result = self.send_inner(conn, attempt, &mut sample).await;
+        (result, sample)
+    }
+
+    async fn send_inner(
+        &self,
+        conn: &ConnectionHandle,
+        attempt: Attempt,
+        sample: &mut Option<Duration>,
+    ) -> Result<Reply, Error> {
         if attempt.call.request_id.is_some()
             && !attempt.call.dedupe_safe_on(conn.peer.dedupe_instance)
         {
@@ -93,7 +115,9 @@ impl Dispatch {
             Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
         };
         if answered {
-            let latency = now.elapsed().saturating_sub(slot.waited());
+            let elapsed = now.elapsed();
+            *sample = Some(elapsed);
+            let latency = elapsed.saturating_sub(slot.waited());
             self.latency
                 .record(method.as_str(), latency, result.is_ok());
         }

@@ -124,6 +124,13 @@ pub(crate) struct Detector {
     config: SuspicionConfig,
     gaps: [f64; WINDOW],
     count: usize,
+    /// Running sums of the gaps in the window and of their squares.
+    sum: f64,
+    sum_of_squares: f64,
+    /// The instant the connection's timer is set for. It is left alone while arrivals push the
+    /// real due time later (a timer that fires early only makes `check` look again), so a busy
+    /// connection does not re-arm its timer on every read.
+    alarm: Option<Instant>,
     /// When the current silence began: the last arrival, or when the connection began to expect
     /// one.
     since: Instant,
@@ -147,6 +154,9 @@ impl Detector {
             config,
             gaps: [0.0; WINDOW],
             count: 0,
+            sum: 0.0,
+            sum_of_squares: 0.0,
+            alarm: None,
             since: now,
             expecting: false,
             suspected: Arc::default(),
@@ -163,9 +173,20 @@ impl Detector {
         if self.expecting {
             let gap = now.saturating_duration_since(self.since).as_secs_f64();
             if let Some(slot) = self.gaps.get_mut(self.count % WINDOW) {
+                if self.count >= WINDOW {
+                    self.sum -= *slot;
+                    self.sum_of_squares -= *slot * *slot;
+                }
                 *slot = gap;
             }
+            self.sum += gap;
+            self.sum_of_squares += gap * gap;
             self.count += 1;
+            if self.count % WINDOW == 0 {
+                // Start the sums afresh once per window, so rounding errors cannot pile up.
+                self.sum = self.gaps.iter().sum();
+                self.sum_of_squares = self.gaps.iter().map(|g| g * g).sum();
+            }
         }
         self.since = now;
         let was = self.suspected.get();
@@ -180,6 +201,7 @@ impl Detector {
         }
         if !expecting {
             self.suspected.set(false);
+            self.alarm = None;
         }
         self.expecting = expecting;
     }
@@ -192,9 +214,8 @@ impl Detector {
         }
         #[expect(clippy::cast_precision_loss, reason = "at most WINDOW samples")]
         let n = known as f64;
-        let samples = self.gaps.iter().take(known);
-        let mean = samples.clone().sum::<f64>() / n;
-        let variance = samples.map(|g| (g - mean) * (g - mean)).sum::<f64>() / n;
+        let mean = self.sum / n;
+        let variance = (self.sum_of_squares / n - mean * mean).max(0.0);
         (mean, variance.sqrt().max(floor))
     }
 
@@ -233,13 +254,15 @@ impl Detector {
         now.saturating_duration_since(self.since)
     }
 
-    /// The next instant `check` has something new to say.
-    pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
-        let (probe, suspect) = self.due()?;
-        if self.suspected.get() {
-            return None;
+    /// The next instant `check` has something new to say: when to set the timer. Possibly
+    /// earlier than needed (see [`Detector::alarm`]).
+    pub(crate) fn next_due(&mut self, now: Instant) -> Option<Instant> {
+        if self.alarm.is_some_and(|at| at > now) {
+            return self.alarm;
         }
-        Some(if now < probe { probe } else { suspect })
+        let (probe, suspect) = self.due().filter(|_| !self.suspected.get())?;
+        self.alarm = Some(if now < probe { probe } else { suspect });
+        self.alarm
     }
 }
 

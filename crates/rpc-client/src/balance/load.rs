@@ -57,8 +57,13 @@ impl EndpointLoad {
 
     /// Peak-EWMA cost: the estimate × (outstanding + 1); `unknown` stands in for the estimate
     /// before the first sample.
+    #[cfg(test)]
     pub(crate) fn cost(&self, now: Instant, decay: Duration, unknown: f64) -> f64 {
-        let estimate = self.estimate(now, decay).unwrap_or(unknown);
+        self.cost_with(self.estimate(now, decay).unwrap_or(unknown))
+    }
+
+    /// Peak-EWMA cost for a given estimate: the estimate × (outstanding + 1).
+    pub(crate) fn cost_with(&self, estimate: f64) -> f64 {
         #[expect(clippy::cast_precision_loss, reason = "call counts are far below 2^52")]
         let pending = (self.outstanding() + 1) as f64;
         estimate * pending

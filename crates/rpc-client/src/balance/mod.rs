@@ -282,12 +282,17 @@ impl Shared {
 
     /// The endpoint for `attempt`, by the tiers in the module's doc; `skip` holds endpoints that
     /// already had no connection to give this attempt.
-    fn choose(&self, set: &EndpointSet, attempt: &Attempt, skip: u64) -> Option<Arc<Endpoint>> {
+    fn choose(
+        &self,
+        set: &EndpointSet,
+        attempt: &Attempt,
+        skip: u64,
+        now: Instant,
+    ) -> Option<Arc<Endpoint>> {
         let endpoints = &set.endpoints;
         if let Some(pinned) = attempt.call.pinned_endpoint() {
             return endpoints.iter().find(|e| e.id == pinned).cloned();
         }
-        let now = Instant::now();
         let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
         let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
         let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
@@ -333,17 +338,20 @@ impl CallService for Balance {
         // Endpoints that had no connection to give this attempt.
         let mut skip: u64 = 0;
         loop {
-            let set = shared.set.load_full();
-            let Some(endpoint) = shared.choose(&set, &attempt, skip) else {
-                return Err(no_endpoint(&attempt));
+            let (endpoint, others, picked_at) = {
+                let set = shared.set.load();
+                let now = Instant::now();
+                let Some(endpoint) = shared.choose(&set, &attempt, skip, now) else {
+                    return Err(no_endpoint(&attempt));
+                };
+                // Another endpoint to go to if this one has no connection to give.
+                let others = attempt.call.pinned_endpoint().is_none()
+                    && set
+                        .endpoints
+                        .iter()
+                        .any(|e| e.id != endpoint.id && skip & bit(e.id) == 0);
+                (endpoint, others, now)
             };
-            // Another endpoint to go to if this one has no connection to give.
-            let others = attempt.call.pinned_endpoint().is_none()
-                && set
-                    .endpoints
-                    .iter()
-                    .any(|e| e.id != endpoint.id && skip & bit(e.id) == 0);
-            drop(set);
             let outstanding = shared.reads_load.then(|| endpoint.load.start());
             // Wait for a connection only where no other endpoint is left to try.
             let wait = attempt.wait_for_ready && !others;
@@ -362,20 +370,15 @@ impl CallService for Balance {
             let Some(decay) = shared.decay() else {
                 return endpoint.dispatch.send_on(&conn, attempt).await;
             };
-            let started = Instant::now();
-            let result = endpoint.dispatch.send_on(&conn, attempt).await;
+            let (result, sample) = endpoint.dispatch.send_sampled(&conn, attempt).await;
             // Answered attempts are the samples, as for the method latencies. An attempt that
             // ended unanswered (deadline, connection lost, handed back) says how long the caller
             // waited, not how fast the server is: a hung server is the suspicion detector's
             // business, and a 1 s deadline as a "sample" would keep a recovered server out of
             // rotation for a minute.
-            let answered = match &result {
-                Ok(_) => true,
-                Err(err) => matches!(err.outcome(), Outcome::Executed | Outcome::NotExecuted),
-            };
-            if answered {
-                let now = Instant::now();
-                endpoint.load.observe(now - started, now, decay);
+            if let Some(latency) = sample {
+                // When the answer came, near enough: the pick's clock read plus the wait.
+                endpoint.load.observe(latency, picked_at + latency, decay);
             }
             drop(outstanding);
             return result;

@@ -54,12 +54,19 @@ pub(crate) fn pick<C: Candidate>(
         Balancer::Random { .. } => random(rng, candidates.len(), &eligible),
         Balancer::LeastOutstanding => least_outstanding(state, candidates, &eligible),
         Balancer::PeakEwma(config) => {
-            let unknown = lowest_estimate(candidates, now, config.decay)
-                .unwrap_or_else(|| nanos(config.default_rtt));
+            // Only a candidate with no sample yet needs the others' lowest estimate.
+            let unknown = std::cell::OnceCell::new();
             let cost = |i: usize| {
-                candidates
-                    .get(i)
-                    .map_or(f64::INFINITY, |c| c.load().cost(now, config.decay, unknown))
+                candidates.get(i).map_or(f64::INFINITY, |c| {
+                    let load = c.load();
+                    let estimate = load.estimate(now, config.decay).unwrap_or_else(|| {
+                        *unknown.get_or_init(|| {
+                            lowest_estimate(candidates, now, config.decay)
+                                .unwrap_or_else(|| nanos(config.default_rtt))
+                        })
+                    });
+                    load.cost_with(estimate)
+                })
             };
             two_choices(rng, candidates.len(), &eligible, cost)
         }
