@@ -132,6 +132,12 @@ enum Side {
     Keel,
     /// keel with the retry layer off (`ChannelBuilder::disable_retries`): prices the layer.
     KeelNoRetry,
+    /// keel over a channel of 3 endpoints (`Channel::cluster`, default balancer), 3 servers in
+    /// this process: prices spreading calls over 3 connections, with the balancing layer.
+    KeelCluster,
+    /// keel over a balanced channel of 1 endpoint (a discovery source that never changes it):
+    /// every per-call step of the balancing layer, without spreading the calls.
+    KeelBalanced1,
 }
 
 impl Side {
@@ -140,6 +146,8 @@ impl Side {
             Self::Baseline => "baseline",
             Self::Keel => "keel",
             Self::KeelNoRetry => "keel-noretry",
+            Self::KeelCluster => "keel-cluster3",
+            Self::KeelBalanced1 => "keel-balanced1",
         }
     }
 }
@@ -169,7 +177,13 @@ impl Config {
             warmup,
             measure,
             rounds,
-            sides: vec![Side::Baseline, Side::Keel, Side::KeelNoRetry],
+            sides: vec![
+                Side::Baseline,
+                Side::Keel,
+                Side::KeelNoRetry,
+                Side::KeelCluster,
+                Side::KeelBalanced1,
+            ],
             filters: Vec::new(),
             full,
             baseline_mux: false,
@@ -194,8 +208,12 @@ impl Config {
                     config.sides.push(match args.next().map(String::as_str) {
                         Some("keel") => Side::Keel,
                         Some("keel-noretry") => Side::KeelNoRetry,
+                        Some("keel-cluster3") => Side::KeelCluster,
+                        Some("keel-balanced1") => Side::KeelBalanced1,
                         Some("baseline") => Side::Baseline,
-                        _ => panic!("--side takes keel, keel-noretry or baseline"),
+                        _ => panic!(
+                            "--side takes keel, keel-noretry, keel-cluster3, keel-balanced1 or baseline"
+                        ),
                     });
                 }
                 "--baseline-mux" => config.baseline_mux = true,
@@ -229,10 +247,19 @@ fn main() {
 }
 
 async fn run(config: Config) {
+    let others = [
+        keel_server().await.expect("keel server"),
+        keel_server().await.expect("keel server"),
+    ];
     let keel_server = keel_server().await.expect("keel server");
     let (raw_addr, raw_accept) = raw_server().await.expect("baseline server");
     let addrs = Addrs {
         keel: keel_server.local_addr(),
+        cluster: [
+            keel_server.local_addr(),
+            others[0].local_addr(),
+            others[1].local_addr(),
+        ],
         baseline: raw_addr,
     };
     println!(
@@ -267,6 +294,9 @@ async fn run(config: Config) {
     }
     print_table(&rows, config.full);
     raw_accept.abort();
+    for server in others {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+    }
     if tokio::time::timeout(Duration::from_secs(5), keel_server.shutdown())
         .await
         .is_err()
@@ -278,6 +308,8 @@ async fn run(config: Config) {
 #[derive(Clone, Copy, Debug)]
 struct Addrs {
     keel: SocketAddr,
+    /// The keel server and two more, for the 3-endpoint channel.
+    cluster: [SocketAddr; 3],
     baseline: SocketAddr,
 }
 
@@ -298,8 +330,13 @@ async fn keel_server() -> io::Result<ServerHandle> {
         .await
 }
 
-fn keel_channel(addr: SocketAddr, side: Side) -> Channel {
-    let builder = Channel::builder(addr).max_frame_size(MAX_FRAME_SIZE);
+fn keel_channel(addrs: &Addrs, side: Side) -> Channel {
+    let builder = match side {
+        Side::KeelCluster => Channel::cluster(addrs.cluster),
+        Side::KeelBalanced1 => Channel::cluster([addrs.keel]).discover(futures::stream::pending()),
+        _ => Channel::builder(addrs.keel),
+    }
+    .max_frame_size(MAX_FRAME_SIZE);
     if side == Side::KeelNoRetry {
         builder.disable_retries().build()
     } else {
@@ -486,7 +523,9 @@ enum Multiplexed {
 impl Multiplexed {
     async fn connect(side: Side, addrs: &Addrs) -> Self {
         match side {
-            Side::Keel | Side::KeelNoRetry => Self::Keel(keel_channel(addrs.keel, side)),
+            Side::Keel | Side::KeelNoRetry | Side::KeelCluster | Side::KeelBalanced1 => {
+                Self::Keel(keel_channel(addrs, side))
+            }
             Side::Baseline => Self::Baseline(
                 RawClient::connect(addrs.baseline)
                     .await
@@ -694,7 +733,9 @@ async fn run_round(side: Side, workload: &Workload, addrs: &Addrs, config: &Conf
     for _ in 0..workload.connections {
         if workload.in_flight == 1 && !(side == Side::Baseline && config.baseline_mux) {
             callers.push(match side {
-                Side::Keel | Side::KeelNoRetry => Serial::Keel(keel_channel(addrs.keel, side)),
+                Side::Keel | Side::KeelNoRetry | Side::KeelCluster | Side::KeelBalanced1 => {
+                    Serial::Keel(keel_channel(addrs, side))
+                }
                 Side::Baseline => Serial::Baseline {
                     framed: Framed::new(
                         raw_connect(addrs.baseline).await.expect("baseline connect"),
@@ -822,6 +863,23 @@ fn print_table(rows: &[Row], judge: bool) {
         "the retry layer's cost, no faults: keel as built by default / keel with disable_retries"
     );
     print_comparison(rows, judge, ("keel-noretry", "keel"), retry_layer_target);
+    println!();
+    println!("the balancing layer's cost: keel over 3 endpoints / keel over 1");
+    print_comparison(rows, judge, ("keel", "keel-cluster3"), cluster_target);
+    println!();
+    println!(
+        "the balancing layer's own steps: keel balanced over 1 endpoint / keel over 1 (no balancing)"
+    );
+    print_comparison(rows, judge, ("keel", "keel-balanced1"), cluster_target);
+}
+
+/// Issue 13: a channel over 3 endpoints at most 5 % slower than one over 1, on the
+/// multiplexed workloads.
+fn cluster_target(workload: &Workload, figure: &str) -> Option<(f64, bool)> {
+    match (workload.metric, figure) {
+        (Metric::CallsPerSec, "calls/s") if workload.in_flight > 1 => Some((0.95, true)),
+        _ => None,
+    }
 }
 
 /// One table: `names.1`'s figures against `names.0`'s, median ratio over rounds, judged by
