@@ -657,3 +657,113 @@ fn the_cluster_example_kills_a_server_and_no_call_fails() {
     );
     assert!(stdout.contains("failed calls: 0"), "{stdout}");
 }
+
+/// A server whose `Who.name` fails with UNAVAILABLE after running (a broken backend behind it),
+/// counting its calls.
+async fn broken() -> (ServerHandle, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let server = support::start(Server::builder().register(
+        "Who.name",
+        move |_ctx: CallContext, _payload: Bytes| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err::<Bytes, _>(keel::core::Status::new(
+                    StatusCode::UNAVAILABLE,
+                    "the database is down",
+                ))
+            }
+        },
+    ))
+    .await;
+    (server, calls)
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_5_times_in_a_row_is_ejected_then_probed_and_ejected_for_longer() {
+    let (a, _) = named("a").await;
+    let (b, b_calls) = broken().await;
+    let (c, _) = named("c").await;
+    let channel = Channel::cluster([a.local_addr(), b.local_addr(), c.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .outlier_detection(
+            keel::client::OutlierDetection::new().base_ejection_time(Duration::from_secs(1)),
+        )
+        .build();
+    let idempotent = || options().idempotent(true);
+    warm_up(&channel).await;
+    for _ in 0..40 {
+        // Every call succeeds: a failure on b is retried on another endpoint.
+        let name = who(&channel, idempotent()).await;
+        assert!(name == "a" || name == "c", "{name}");
+    }
+    assert_eq!(
+        b_calls.load(Ordering::SeqCst),
+        5,
+        "ejected after 5 failures in a row"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..40 {
+        who(&channel, idempotent()).await;
+    }
+    // Probation: one more call, which fails and ejects it for 2 s.
+    assert_eq!(b_calls.load(Ordering::SeqCst), 6);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..20 {
+        who(&channel, idempotent()).await;
+    }
+    assert_eq!(
+        b_calls.load(Ordering::SeqCst),
+        6,
+        "still ejected: the second time is 2 s"
+    );
+    for server in [a, b, c] {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn below_half_healthy_the_panic_mode_ignores_ejection() {
+    let (a, a_calls) = named("a").await;
+    let (b, b_calls) = broken().await;
+    let (c, c_calls) = broken().await;
+    let addrs = [a.local_addr(), b.local_addr(), c.local_addr()];
+    let broken_calls = || b_calls.load(Ordering::SeqCst) + c_calls.load(Ordering::SeqCst);
+    for panic in [true, false] {
+        let detection = keel::client::OutlierDetection::new()
+            .max_ejected_percent(100)
+            .panic_threshold_percent(if panic { 50 } else { 0 });
+        let channel = Channel::cluster(addrs)
+            .balancer(Balancer::RoundRobin)
+            .outlier_detection(detection)
+            .build();
+        warm_up(&channel).await;
+        // b and c fail 5 times each and are ejected: 1 of 3 healthy.
+        while broken_calls() < 10 {
+            let _ = channel
+                .call("Who.name", Bytes::new(), options().no_retry())
+                .await;
+        }
+        let (before, a_before) = (broken_calls(), a_calls.load(Ordering::SeqCst));
+        for _ in 0..30 {
+            let _ = channel
+                .call("Who.name", Bytes::new(), options().no_retry())
+                .await;
+        }
+        let (to_broken, to_a) = (
+            broken_calls() - before,
+            a_calls.load(Ordering::SeqCst) - a_before,
+        );
+        if panic {
+            // Ejection ignored: round robin over all three again.
+            assert_eq!((to_a, to_broken), (10, 20), "panic mode");
+        } else {
+            assert_eq!((to_a, to_broken), (30, 0), "no panic mode");
+        }
+        b_calls.store(0, Ordering::SeqCst);
+        c_calls.store(0, Ordering::SeqCst);
+    }
+    for server in [a, b, c] {
+        server.shutdown().await;
+    }
+}

@@ -8,7 +8,7 @@ use rpc_codec::Settings;
 use tracing::warn;
 
 use crate::Channel;
-use crate::balance::{Balancer, Change, ResolveError, Target};
+use crate::balance::{Balancer, Change, OutlierDetection, ResolveError, Target};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -33,6 +33,7 @@ pub(crate) struct ClientConfig {
     /// The channel has several endpoints (or discovery): connections watch for suspicion and
     /// hand their idempotent calls back to be tried elsewhere.
     pub(crate) cluster: bool,
+    pub(crate) outlier: Option<OutlierDetection>,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +56,7 @@ impl Default for ClientConfig {
             suspicion_threshold: 8.0,
             suspicion_min_deviation: Duration::from_millis(20),
             cluster: false,
+            outlier: Some(OutlierDetection::new()),
         }
     }
 }
@@ -271,6 +273,22 @@ impl ChannelBuilder {
     /// its 1 s heartbeats; calls here are answered in microseconds to milliseconds.
     pub fn suspicion_min_deviation(mut self, deviation: Duration) -> Self {
         self.config.suspicion_min_deviation = deviation.max(Duration::from_millis(1));
+        self
+    }
+
+    /// In a channel over several endpoints: eject an endpoint whose attempts keep failing.
+    /// Default [`OutlierDetection::new`]: 5 failures in a row eject it for 30 s × the times it
+    /// has been ejected (at most 300 s), then one more failure ejects it again and a success
+    /// readmits it; at most half of the endpoints are out at once, and below half healthy,
+    /// ejection is ignored (panic mode).
+    pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
+        self.config.outlier = Some(detection);
+        self
+    }
+
+    /// No outlier ejection: failing endpoints stay in rotation.
+    pub fn disable_outlier_detection(mut self) -> Self {
+        self.config.outlier = None;
         self
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::balance::OutlierState;
 use crate::balance::load::EndpointLoad;
 use crate::balance::pick::Candidate;
 use crate::config::ClientConfig;
@@ -23,6 +24,8 @@ pub(crate) struct Endpoint {
     pub(crate) identity: String,
     pub(crate) dispatch: Dispatch,
     pub(crate) load: EndpointLoad,
+    /// Outlier ejection's state.
+    pub(crate) outlier: OutlierState,
 }
 
 impl Endpoint {
@@ -44,6 +47,7 @@ impl Endpoint {
                 endpoint: id,
             },
             load: EndpointLoad::new(epoch),
+            outlier: OutlierState::default(),
         }
     }
 

@@ -57,7 +57,9 @@ mod stack;
 mod suspicion;
 mod withdrawn;
 
-pub use balance::{Balancer, Change, ConsistentHash, PeakEwma, ResolveError, Target};
+pub use balance::{
+    Balancer, Change, ConsistentHash, OutlierDetection, PeakEwma, ResolveError, Target,
+};
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;
 pub use config::ChannelBuilder;

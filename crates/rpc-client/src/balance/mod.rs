@@ -16,6 +16,7 @@
 //! failed it. A channel of one fixed address skips all of this.
 
 pub(crate) mod load;
+mod outlier;
 pub(crate) mod pick;
 mod policy;
 mod ring;
@@ -32,7 +33,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use rpc_core::{Error, Outcome, StatusCode};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::call::Reply;
 use crate::config::ClientConfig;
@@ -45,6 +46,8 @@ use pick::{PickState, pick};
 use ring::Ring;
 use rng::PickRng;
 
+pub use outlier::OutlierDetection;
+pub(crate) use outlier::OutlierState;
 pub use policy::{Balancer, ConsistentHash, PeakEwma};
 pub(crate) use ring::stable_hash;
 pub use target::{Change, ResolveError, Target};
@@ -293,13 +296,24 @@ impl Shared {
         if let Some(pinned) = attempt.call.pinned_endpoint() {
             return endpoints.iter().find(|e| e.id == pinned).cloned();
         }
+        let at = outlier::since(self.epoch, now);
+        let ejected = |e: &Endpoint| e.outlier.is_ejected(at);
+        let out = match &self.config.outlier {
+            Some(config) => {
+                let count = endpoints.iter().filter(|e| ejected(e)).count();
+                // Panic mode: too few healthy, so ejection is ignored.
+                !outlier::in_panic(config, count, endpoints.len()) && count > 0
+            }
+            None => false,
+        };
+        let ejected = |e: &Endpoint| out && ejected(e);
         let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
         let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
         let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
-            &|e| e.is_available() && fresh(e),
-            &|e| !e.is_failing() && !e.is_ready() && fresh(e),
-            &|e| e.is_available() && !skipped(e),
-            &|e| !e.is_failing() && !e.is_ready() && !skipped(e),
+            &|e| e.is_available() && fresh(e) && !ejected(e),
+            &|e| !e.is_failing() && !e.is_ready() && fresh(e) && !ejected(e),
+            &|e| e.is_available() && !skipped(e) && !ejected(e),
+            &|e| !e.is_failing() && !e.is_ready() && !skipped(e) && !ejected(e),
             &|e| !skipped(e),
         ];
         for tier in tiers {
@@ -323,6 +337,49 @@ impl Shared {
             }
         }
         None
+    }
+}
+
+impl Shared {
+    /// Outlier ejection's bookkeeping for one attempt's result.
+    fn judge(&self, endpoint: &Endpoint, result: &Result<Reply, Error>) {
+        let Some(config) = &self.config.outlier else {
+            return;
+        };
+        let transition = match result {
+            Ok(_) => endpoint.outlier.succeeded(),
+            Err(err) if outlier::counts_against(err) => {
+                let at = outlier::since(self.epoch, Instant::now());
+                endpoint.outlier.failed(config, at, || {
+                    let set = self.set.load();
+                    let ejected = set
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.outlier.is_ejected(at))
+                        .count();
+                    outlier::may_eject_another(config, ejected, set.endpoints.len())
+                })
+            }
+            // Not sent, or answered by the application: says nothing against the endpoint.
+            Err(err) if err.outcome() == Outcome::NotSent => outlier::Transition::None,
+            Err(_) => endpoint.outlier.succeeded(),
+        };
+        match transition {
+            outlier::Transition::Ejected {
+                times,
+                for_how_long,
+            } => warn!(
+                addr = %endpoint.addr(),
+                times,
+                ?for_how_long,
+                "endpoint ejected: {} failures in a row",
+                config.consecutive_failures
+            ),
+            outlier::Transition::Readmitted => {
+                info!(addr = %endpoint.addr(), "endpoint readmitted: an attempt succeeded");
+            }
+            outlier::Transition::None => {}
+        }
     }
 }
 
@@ -367,10 +424,11 @@ impl CallService for Balance {
                 Err(err) => return Err(err),
             };
             attempt.call.tried(endpoint.id);
-            let Some(decay) = shared.decay() else {
-                return endpoint.dispatch.send_on(&conn, attempt).await;
-            };
             let (result, sample) = endpoint.dispatch.send_sampled(&conn, attempt).await;
+            shared.judge(&endpoint, &result);
+            let Some(decay) = shared.decay() else {
+                return result;
+            };
             // Answered attempts are the samples, as for the method latencies. An attempt that
             // ended unanswered (deadline, connection lost, handed back) says how long the caller
             // waited, not how fast the server is: a hung server is the suspicion detector's
