@@ -767,3 +767,111 @@ async fn below_half_healthy_the_panic_mode_ignores_ejection() {
         server.shutdown().await;
     }
 }
+
+/// A server whose `Who.name` fails with UNAVAILABLE (after running) while `failing` is set.
+async fn switchable(
+    name: &'static str,
+) -> (
+    ServerHandle,
+    Arc<AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (counter, switch) = (Arc::clone(&calls), Arc::clone(&failing));
+    let server = support::start(Server::builder().register(
+        "Who.name",
+        move |_ctx: CallContext, _payload: Bytes| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let fail = switch.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err(keel::core::Status::new(StatusCode::UNAVAILABLE, "broken"))
+                } else {
+                    Ok(Bytes::from_static(name.as_bytes()))
+                }
+            }
+        },
+    ))
+    .await;
+    (server, calls, failing)
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_opens_on_the_failure_rate_refuses_then_closes_after_a_good_trial() {
+    let (a, a_calls) = named("a").await;
+    let (f, f_calls, f_failing) = switchable("f").await;
+    let breaker = keel::client::CircuitBreaker::new()
+        .min_attempts(10)
+        .open_for(Duration::from_millis(500));
+    let channel = Channel::cluster([a.local_addr(), f.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .disable_outlier_detection()
+        .circuit_breaker(breaker.clone())
+        .build();
+    warm_up(&channel).await;
+    let call = || channel.call("Who.name", Bytes::new(), options().no_retry());
+    f_calls.store(0, Ordering::SeqCst);
+    // Round robin sends every other call to f, which fails them all: 10 attempts at 100 %.
+    for _ in 0..40 {
+        let _ = call().await;
+    }
+    assert_eq!(
+        f_calls.load(Ordering::SeqCst),
+        10,
+        "open after 10 failed attempts"
+    );
+    // Open: f is skipped, not tried, for 500 ms.
+    let a_before = a_calls.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(
+            String::from_utf8(call().await.unwrap().payload.to_vec()).unwrap(),
+            "a"
+        );
+    }
+    assert_eq!(a_calls.load(Ordering::SeqCst) - a_before, 10);
+    assert_eq!(f_calls.load(Ordering::SeqCst), 10);
+    // Half-open after 500 ms: its one trial succeeds now, and f is back.
+    f_failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..20 {
+        call().await.unwrap();
+    }
+    assert!(
+        f_calls.load(Ordering::SeqCst) >= 18,
+        "closed: {}",
+        f_calls.load(Ordering::SeqCst)
+    );
+
+    // Every endpoint's breaker open: refused at once, NOT_SENT, and not retried.
+    let (g, g_calls, _) = switchable("g").await;
+    let (h, h_calls, _) = switchable("h").await;
+    let both = Channel::cluster([g.local_addr(), h.local_addr()])
+        .disable_outlier_detection()
+        .circuit_breaker(breaker)
+        .build();
+    for _ in 0..20 {
+        let _ = both
+            .call("Who.name", Bytes::new(), options().no_retry())
+            .await;
+    }
+    let reached = g_calls.load(Ordering::SeqCst) + h_calls.load(Ordering::SeqCst);
+    let err = both
+        .call("Who.name", Bytes::new(), options().idempotent(true))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::UNAVAILABLE, Outcome::NotSent),
+        "{err}"
+    );
+    assert!(err.has_cause::<keel::client::BreakerOpen>(), "{err:?}");
+    assert_eq!(
+        g_calls.load(Ordering::SeqCst) + h_calls.load(Ordering::SeqCst),
+        reached,
+        "not sent"
+    );
+    for server in [a, f, g, h] {
+        server.shutdown().await;
+    }
+}

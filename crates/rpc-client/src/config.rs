@@ -8,7 +8,7 @@ use rpc_codec::Settings;
 use tracing::warn;
 
 use crate::Channel;
-use crate::balance::{Balancer, Change, OutlierDetection, ResolveError, Target};
+use crate::balance::{Balancer, Change, CircuitBreaker, OutlierDetection, ResolveError, Target};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -34,6 +34,7 @@ pub(crate) struct ClientConfig {
     /// hand their idempotent calls back to be tried elsewhere.
     pub(crate) cluster: bool,
     pub(crate) outlier: Option<OutlierDetection>,
+    pub(crate) breaker: Option<CircuitBreaker>,
 }
 
 impl Default for ClientConfig {
@@ -57,6 +58,7 @@ impl Default for ClientConfig {
             suspicion_min_deviation: Duration::from_millis(20),
             cluster: false,
             outlier: Some(OutlierDetection::new()),
+            breaker: Some(CircuitBreaker::new()),
         }
     }
 }
@@ -283,6 +285,23 @@ impl ChannelBuilder {
     /// ejection is ignored (panic mode).
     pub fn outlier_detection(mut self, detection: OutlierDetection) -> Self {
         self.config.outlier = Some(detection);
+        self
+    }
+
+    /// In a channel over several endpoints: a circuit breaker per endpoint. Default
+    /// [`CircuitBreaker::new`], Hystrix's rules: at least 20 attempts in 10 s with at least half
+    /// failed (as for outlier ejection, plus deadlines passed on the endpoint) open it; open, the
+    /// endpoint gets no calls for 5 s; then one trial attempt closes it or opens it again. With
+    /// every endpoint's breaker open, calls fail at once with UNAVAILABLE, NOT_SENT and a
+    /// [`BreakerOpen`](crate::BreakerOpen) cause, and are not retried.
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.config.breaker = Some(breaker);
+        self
+    }
+
+    /// No circuit breakers.
+    pub fn disable_circuit_breaker(mut self) -> Self {
+        self.config.breaker = None;
         self
     }
 

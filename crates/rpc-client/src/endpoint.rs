@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::balance::OutlierState;
 use crate::balance::load::EndpointLoad;
 use crate::balance::pick::Candidate;
+use crate::balance::{BreakerState, OutlierState};
 use crate::config::ClientConfig;
 use crate::latency::LatencyTracker;
 use crate::pool::Pool;
@@ -26,6 +26,8 @@ pub(crate) struct Endpoint {
     pub(crate) load: EndpointLoad,
     /// Outlier ejection's state.
     pub(crate) outlier: OutlierState,
+    /// The circuit breaker.
+    pub(crate) breaker: BreakerState,
 }
 
 impl Endpoint {
@@ -48,6 +50,7 @@ impl Endpoint {
             },
             load: EndpointLoad::new(epoch),
             outlier: OutlierState::default(),
+            breaker: BreakerState::default(),
         }
     }
 

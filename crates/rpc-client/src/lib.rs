@@ -58,7 +58,8 @@ mod suspicion;
 mod withdrawn;
 
 pub use balance::{
-    Balancer, Change, ConsistentHash, OutlierDetection, PeakEwma, ResolveError, Target,
+    Balancer, BreakerOpen, Change, CircuitBreaker, ConsistentHash, OutlierDetection, PeakEwma,
+    ResolveError, Target,
 };
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;

@@ -110,8 +110,10 @@ fn classify(
     }
     if err.has_cause::<crate::pool::NoConnection>()
         || err.has_cause::<crate::send::NoDedupeWindow>()
+        || err.has_cause::<crate::balance::BreakerOpen>()
     {
-        // The connection wait already ran to its end (deadline or fail-fast).
+        // The connection wait already ran to its end (deadline or fail-fast), or every
+        // endpoint's breaker is open: trying again at once would find the same.
         return Step::Stop;
     }
     match outcome {

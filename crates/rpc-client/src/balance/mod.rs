@@ -15,6 +15,7 @@
 //! at once, and waits for a connection (if the call waits for ready) only when every endpoint has
 //! failed it. A channel of one fixed address skips all of this.
 
+mod breaker;
 pub(crate) mod load;
 mod outlier;
 pub(crate) mod pick;
@@ -46,6 +47,8 @@ use pick::{PickState, pick};
 use ring::Ring;
 use rng::PickRng;
 
+pub(crate) use breaker::BreakerState;
+pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use outlier::OutlierDetection;
 pub(crate) use outlier::OutlierState;
 pub use policy::{Balancer, ConsistentHash, PeakEwma};
@@ -307,14 +310,17 @@ impl Shared {
             None => false,
         };
         let ejected = |e: &Endpoint| out && ejected(e);
+        let blocked = |e: &Endpoint| self.config.breaker.is_some() && e.breaker.blocks(at);
         let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
         let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
+        let out = |e: &Endpoint| ejected(e) || blocked(e);
         let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
-            &|e| e.is_available() && fresh(e) && !ejected(e),
-            &|e| !e.is_failing() && !e.is_ready() && fresh(e) && !ejected(e),
-            &|e| e.is_available() && !skipped(e) && !ejected(e),
-            &|e| !e.is_failing() && !e.is_ready() && !skipped(e) && !ejected(e),
-            &|e| !skipped(e),
+            &|e| e.is_available() && fresh(e) && !out(e),
+            &|e| !e.is_failing() && !e.is_ready() && fresh(e) && !out(e),
+            &|e| e.is_available() && !skipped(e) && !out(e),
+            &|e| !e.is_failing() && !e.is_ready() && !skipped(e) && !out(e),
+            // An open breaker refuses even here: that is what it is for.
+            &|e| !skipped(e) && !blocked(e),
         ];
         for tier in tiers {
             // An empty tier is passed over before the rule sees it, so that round robin's
@@ -342,24 +348,42 @@ impl Shared {
 
 impl Shared {
     /// Outlier ejection's bookkeeping for one attempt's result.
-    fn judge(&self, endpoint: &Endpoint, result: &Result<Reply, Error>) {
+    fn judge(&self, endpoint: &Endpoint, result: &Result<Reply, Error>, ended: Instant) {
+        let at = outlier::since(self.epoch, ended);
+        if let Some(config) = &self.config.breaker {
+            let failed = match result {
+                Ok(_) => Some(false),
+                Err(err) if err.outcome() == Outcome::NotSent => None,
+                Err(err) => Some(breaker::counts_against(err)),
+            };
+            if let Some(failed) = failed {
+                match endpoint.breaker.record(config, at, failed) {
+                    breaker::Transition::Opened => warn!(
+                        addr = %endpoint.addr(),
+                        open_for = ?config.open_for,
+                        "circuit breaker opened"
+                    ),
+                    breaker::Transition::Closed => {
+                        info!(addr = %endpoint.addr(), "circuit breaker closed: the trial succeeded");
+                    }
+                    breaker::Transition::None => {}
+                }
+            }
+        }
         let Some(config) = &self.config.outlier else {
             return;
         };
         let transition = match result {
             Ok(_) => endpoint.outlier.succeeded(),
-            Err(err) if outlier::counts_against(err) => {
-                let at = outlier::since(self.epoch, Instant::now());
-                endpoint.outlier.failed(config, at, || {
-                    let set = self.set.load();
-                    let ejected = set
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.outlier.is_ejected(at))
-                        .count();
-                    outlier::may_eject_another(config, ejected, set.endpoints.len())
-                })
-            }
+            Err(err) if outlier::counts_against(err) => endpoint.outlier.failed(config, at, || {
+                let set = self.set.load();
+                let ejected = set
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.outlier.is_ejected(at))
+                    .count();
+                outlier::may_eject_another(config, ejected, set.endpoints.len())
+            }),
             // Not sent, or answered by the application: says nothing against the endpoint.
             Err(err) if err.outcome() == Outcome::NotSent => outlier::Transition::None,
             Err(_) => endpoint.outlier.succeeded(),
@@ -399,8 +423,18 @@ impl CallService for Balance {
                 let set = shared.set.load();
                 let now = Instant::now();
                 let Some(endpoint) = shared.choose(&set, &attempt, skip, now) else {
-                    return Err(no_endpoint(&attempt));
+                    return Err(no_endpoint(
+                        &attempt,
+                        shared.config.breaker.is_some() && !set.endpoints.is_empty(),
+                    ));
                 };
+                if shared.config.breaker.is_some()
+                    && !endpoint.breaker.admit(outlier::since(shared.epoch, now))
+                {
+                    // Its half-open trial went to another attempt a moment ago.
+                    skip |= bit(endpoint.id);
+                    continue;
+                }
                 // Another endpoint to go to if this one has no connection to give.
                 let others = attempt.call.pinned_endpoint().is_none()
                     && set
@@ -425,7 +459,13 @@ impl CallService for Balance {
             };
             attempt.call.tried(endpoint.id);
             let (result, sample) = endpoint.dispatch.send_sampled(&conn, attempt).await;
-            shared.judge(&endpoint, &result);
+            // When the attempt ended: the pick's clock read plus the answer's wait, or (a
+            // failure, off the hot path) the clock.
+            let ended = match sample {
+                Some(latency) => picked_at + latency,
+                None => Instant::now(),
+            };
+            shared.judge(&endpoint, &result, ended);
             let Some(decay) = shared.decay() else {
                 return result;
             };
@@ -435,8 +475,7 @@ impl CallService for Balance {
             // business, and a 1 s deadline as a "sample" would keep a recovered server out of
             // rotation for a minute.
             if let Some(latency) = sample {
-                // When the answer came, near enough: the pick's clock read plus the wait.
-                endpoint.load.observe(latency, picked_at + latency, decay);
+                endpoint.load.observe(latency, ended, decay);
             }
             drop(outstanding);
             return result;
@@ -448,7 +487,7 @@ fn bit(id: u64) -> u64 {
     1 << (id % 64)
 }
 
-fn no_endpoint(attempt: &Attempt) -> Error {
+fn no_endpoint(attempt: &Attempt, breakers: bool) -> Error {
     if attempt.call.pinned_endpoint().is_some() {
         // The endpoint the call may have run on was removed: no other can deduplicate it.
         return Error::from_code(
@@ -457,6 +496,15 @@ fn no_endpoint(attempt: &Attempt) -> Error {
             Outcome::MaybeExecuted,
         )
         .with_source(NoDedupeWindow);
+    }
+    if breakers {
+        // Endpoints there, none pickable: the breakers hold them all.
+        return Error::from_code(
+            StatusCode::UNAVAILABLE,
+            BreakerOpen.to_string(),
+            Outcome::NotSent,
+        )
+        .with_source(BreakerOpen);
     }
     Error::from_code(
         StatusCode::UNAVAILABLE,
