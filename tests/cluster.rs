@@ -278,6 +278,7 @@ async fn discovery_adds_and_removes_endpoints_while_calls_run() {
         .unbounded_send(Change::Insert {
             addr: b.local_addr(),
             weight: 1,
+            tier: 0,
         })
         .unwrap();
     assert!(
@@ -874,4 +875,163 @@ async fn a_circuit_breaker_opens_on_the_failure_rate_refuses_then_closes_after_a
     for server in [a, f, g, h] {
         server.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn failfast_makes_one_attempt_and_forking_takes_the_first_success_and_cancels_the_rest() {
+    use keel::client::Failover;
+    let (a, a_calls, a_failing) = switchable("a").await;
+    let (b, b_calls, b_failing) = switchable("b").await;
+    b_failing.store(false, Ordering::SeqCst);
+    a_failing.store(false, Ordering::SeqCst);
+    let channel = Channel::cluster([a.local_addr(), b.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .disable_outlier_detection()
+        .disable_circuit_breaker()
+        .build();
+    warm_up(&channel).await;
+    a_failing.store(true, Ordering::SeqCst);
+    a_calls.store(0, Ordering::SeqCst);
+    b_calls.store(0, Ordering::SeqCst);
+    // a fails every call. Failover (the default) retries on b; failfast does not.
+    let mut failed = 0;
+    for _ in 0..10 {
+        let options = options().idempotent(true).failover(Failover::FailFast);
+        if channel
+            .call("Who.name", Bytes::new(), options)
+            .await
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5, "the 5 calls round robin sent to a");
+    assert_eq!(
+        a_calls.load(Ordering::SeqCst) + b_calls.load(Ordering::SeqCst),
+        10,
+        "one attempt each"
+    );
+    for _ in 0..10 {
+        assert_eq!(who(&channel, options().idempotent(true)).await, "b");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // Forking: a slow and a fast server; each call goes to both, the fast one answers, and the
+    // slow one's handler is cancelled.
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let cancelled = Arc::clone(&cancelled);
+        support::start(Server::builder().register(
+            "Who.name",
+            move |_ctx: CallContext, _payload: Bytes| {
+                let guard = CountOnDrop(Arc::clone(&cancelled));
+                async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    std::mem::forget(guard);
+                    Ok(Bytes::from_static(b"slow"))
+                }
+            },
+        ))
+        .await
+    };
+    let (fast, fast_calls) = named("fast").await;
+    let channel = Channel::cluster([slow.local_addr(), fast.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .failover(Failover::Forking { n: 2 })
+        .build();
+    who(&channel, options().idempotent(true)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancelled.store(0, Ordering::SeqCst);
+    let before = fast_calls.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let started = tokio::time::Instant::now();
+        assert_eq!(who(&channel, options().idempotent(true)).await, "fast");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        fast_calls.load(Ordering::SeqCst) - before,
+        5,
+        "each call went to both"
+    );
+    assert!(
+        support::eventually(Duration::from_secs(2), || cancelled.load(Ordering::SeqCst)
+            >= 5)
+        .await,
+        "the slow server's handlers were cancelled: {}",
+        cancelled.load(Ordering::SeqCst)
+    );
+    slow.shutdown().await;
+    fast.shutdown().await;
+}
+
+/// Counts its drops: a handler's future dropped before it finished was cancelled.
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stability_time() {
+    let example = support::echo_example().with_file_name("cluster");
+    let mut primary = ServerProcess::start(&example, ["--name", "primary"])
+        .await
+        .unwrap();
+    let mut backup = ServerProcess::start(&example, ["--name", "backup"])
+        .await
+        .unwrap();
+    let channel = Channel::cluster([
+        Target::addr(primary.addr()),
+        Target::addr(backup.addr()).tier(1),
+    ])
+    .failback_after(Duration::from_secs(1))
+    .build();
+    let answer = || async {
+        let reply = channel
+            .call("Who.name", Bytes::new(), options().idempotent(true))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply.payload).into_owned();
+        if text.ends_with("primary") {
+            "primary"
+        } else {
+            "backup"
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(answer().await, "primary");
+    }
+    primary.kill().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    // Every call succeeds: the ones in flight are retried on the backup, and new ones go there.
+    for _ in 0..20 {
+        assert_eq!(answer().await, "backup");
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        killed.elapsed()
+    );
+    primary.restart().await.unwrap();
+    let restarted = tokio::time::Instant::now();
+    let mut first_primary = None;
+    while restarted.elapsed() < Duration::from_secs(3) {
+        if answer().await == "primary" && first_primary.is_none() {
+            first_primary = Some(restarted.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let back = first_primary.expect("traffic never went back to the primary");
+    // Not before it has been up for the stability time (1 s), and soon after.
+    assert!(back >= Duration::from_secs(1), "back after {back:?}");
+    assert!(back < Duration::from_millis(2000), "back after {back:?}");
+    assert_eq!(answer().await, "primary");
+    backup.kill().await.unwrap();
 }

@@ -31,6 +31,7 @@ pub struct CallOptions {
     pub(crate) wait_for_ready: Option<bool>,
     pub(crate) dedupe: bool,
     pub(crate) hash_key: Option<u64>,
+    pub(crate) failover: Option<crate::Failover>,
 }
 
 impl CallOptions {
@@ -57,6 +58,12 @@ impl CallOptions {
     /// Other balancers ignore it.
     pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
         self.hash_key = Some(crate::balance::stable_hash(key.as_ref()));
+        self
+    }
+
+    /// This call's [`Failover`](crate::Failover) instead of the channel's.
+    pub fn failover(mut self, failover: crate::Failover) -> Self {
+        self.failover = Some(failover);
         self
     }
 

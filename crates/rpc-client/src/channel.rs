@@ -10,7 +10,7 @@ use rpc_codec::MethodName;
 use rpc_core::{Error, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
-use crate::balance::{Balance, Balancer, Change, Target};
+use crate::balance::{Balance, Balancer, Change, Failover, Target};
 use crate::call::{CallOptions, Reply};
 use crate::config::{ChannelBuilder, ClientConfig};
 use crate::hedge::Hedge;
@@ -85,7 +85,7 @@ impl Channel {
     }
 
     pub(crate) fn from_parts(
-        addrs: &[(SocketAddr, u32)],
+        addrs: &[(SocketAddr, u32, u8)],
         balancer: Balancer,
         discovery: Option<futures::stream::BoxStream<'static, Change>>,
         config: ClientConfig,
@@ -177,20 +177,31 @@ impl Channel {
             rand::rng().fill_bytes(&mut id);
             Bytes::copy_from_slice(&id)
         });
+        let deadline = options.resolve_deadline(config.default_deadline);
+        let idempotent = options.idempotency == Some(Idempotency::Idempotent);
+        let failover = options.failover.unwrap_or(config.failover);
+        let (retry, hedge, fork) = match failover {
+            Failover::FailFast => (Some(None), None, 1),
+            Failover::Forking { n } if idempotent => (options.retry, None, n.max(2)),
+            Failover::Failover | Failover::Forking { .. } => {
+                (options.retry, options.hedge.or(config.hedge), 1)
+            }
+        };
         let attempt = Attempt {
             method,
             payload,
-            deadline: options.resolve_deadline(config.default_deadline),
-            idempotent: options.idempotency == Some(Idempotency::Idempotent),
+            deadline,
+            idempotent,
             wait_for_ready: options.wait_for_ready.unwrap_or(config.wait_for_ready),
             avoid: None,
-            retry: match options.retry {
+            retry: match retry {
                 None => RetryChoice::ChannelDefault,
                 Some(None) => RetryChoice::Off,
                 Some(Some(policy)) => RetryChoice::Policy(policy),
             },
-            hedge: options.hedge.or(config.hedge),
+            hedge,
             hash_key: options.hash_key,
+            fork,
             metadata: options.metadata,
             call: Arc::new(CallState::new(request_id)),
         };

@@ -8,7 +8,9 @@ use rpc_codec::Settings;
 use tracing::warn;
 
 use crate::Channel;
-use crate::balance::{Balancer, Change, CircuitBreaker, OutlierDetection, ResolveError, Target};
+use crate::balance::{
+    Balancer, Change, CircuitBreaker, Failover, OutlierDetection, ResolveError, Target,
+};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ pub(crate) struct ClientConfig {
     pub(crate) cluster: bool,
     pub(crate) outlier: Option<OutlierDetection>,
     pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) failover: Failover,
+    pub(crate) failback_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +63,8 @@ impl Default for ClientConfig {
             cluster: false,
             outlier: Some(OutlierDetection::new()),
             breaker: Some(CircuitBreaker::new()),
+            failover: Failover::Failover,
+            failback_after: Duration::from_secs(10),
         }
     }
 }
@@ -299,6 +305,23 @@ impl ChannelBuilder {
         self
     }
 
+    /// What calls that set none do across endpoints. Default [`Failover::Failover`]: retries
+    /// (by the retry policy) and hedges go to endpoints not yet tried.
+    pub fn failover(mut self, failover: Failover) -> Self {
+        self.config.failover = failover;
+        self
+    }
+
+    /// With primary/backup tiers ([`Target::tier`]): how long an endpoint of a lower tier must
+    /// have been up before calls go back to it. Default 10 s: long enough that a server
+    /// restarting in a loop is not given the traffic between two crashes, short enough that a
+    /// repaired primary takes over within a quarter of a minute. Failing over to a backup is
+    /// immediate.
+    pub fn failback_after(mut self, time: Duration) -> Self {
+        self.config.failback_after = time;
+        self
+    }
+
     /// No circuit breakers.
     pub fn disable_circuit_breaker(mut self) -> Self {
         self.config.breaker = None;
@@ -326,7 +349,11 @@ impl ChannelBuilder {
         let mut addrs = Vec::new();
         for target in &self.targets {
             match target.resolve() {
-                Ok(resolved) => addrs.extend(resolved.into_iter().map(|a| (a, target.weight))),
+                Ok(resolved) => addrs.extend(
+                    resolved
+                        .into_iter()
+                        .map(|a| (a, target.weight, target.tier)),
+                ),
                 Err(err) => warn!(error = %err, "target left out"),
             }
         }
@@ -340,7 +367,12 @@ impl ChannelBuilder {
     pub fn try_build(self) -> Result<Channel, ResolveError> {
         let mut addrs = Vec::new();
         for target in &self.targets {
-            addrs.extend(target.resolve()?.into_iter().map(|a| (a, target.weight)));
+            addrs.extend(
+                target
+                    .resolve()?
+                    .into_iter()
+                    .map(|a| (a, target.weight, target.tier)),
+            );
         }
         Ok(Channel::from_parts(
             &addrs,

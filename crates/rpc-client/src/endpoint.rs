@@ -20,6 +20,11 @@ pub(crate) struct Endpoint {
     /// Unique within the channel, never 0.
     pub(crate) id: u64,
     pub(crate) weight: u32,
+    /// Priority tier (0: primary).
+    pub(crate) tier: u8,
+    /// Since when (nanoseconds after the channel's epoch, plus 1) the endpoint has been up
+    /// without a break, as the balancer last saw it; 0 while it is down.
+    pub(crate) up_since: std::sync::atomic::AtomicU64,
     /// The address as text: the endpoint's identity on a consistent-hashing ring.
     pub(crate) identity: String,
     pub(crate) dispatch: Dispatch,
@@ -35,6 +40,7 @@ impl Endpoint {
         id: u64,
         addr: SocketAddr,
         weight: u32,
+        tier: u8,
         config: Arc<ClientConfig>,
         latency: Arc<LatencyTracker>,
         epoch: Instant,
@@ -42,6 +48,8 @@ impl Endpoint {
         Self {
             id,
             weight: weight.max(1),
+            tier,
+            up_since: std::sync::atomic::AtomicU64::new(0),
             identity: addr.to_string(),
             dispatch: Dispatch {
                 pool: Pool::new(addr, config, Arc::clone(&latency)),

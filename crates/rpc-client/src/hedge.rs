@@ -140,6 +140,7 @@ mod tests {
             retry: crate::stack::RetryChoice::Off,
             hedge: Some(policy),
             hash_key: None,
+            fork: 1,
             call: Arc::new(CallState::new(None)),
         }
     }

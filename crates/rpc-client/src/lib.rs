@@ -58,8 +58,8 @@ mod suspicion;
 mod withdrawn;
 
 pub use balance::{
-    Balancer, BreakerOpen, Change, CircuitBreaker, ConsistentHash, OutlierDetection, PeakEwma,
-    ResolveError, Target,
+    Balancer, BreakerOpen, Change, CircuitBreaker, ConsistentHash, Failover, OutlierDetection,
+    PeakEwma, ResolveError, Target,
 };
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;

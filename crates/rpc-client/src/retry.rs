@@ -325,6 +325,7 @@ mod tests {
             retry: RetryChoice::Policy(Arc::new(RetryPolicy::new())),
             hedge: None,
             hash_key: None,
+            fork: 1,
             call: Arc::new(CallState::new(None)),
         }
     }

@@ -34,6 +34,8 @@ pub(crate) struct Attempt {
     pub(crate) hedge: Option<HedgePolicy>,
     /// The consistent-hashing key's hash, if the caller gave one.
     pub(crate) hash_key: Option<u64>,
+    /// Endpoints to send to at once ([`Failover::Forking`](crate::Failover::Forking)); 1 for one.
+    pub(crate) fork: usize,
     /// State shared by all attempts of the call.
     pub(crate) call: Arc<CallState>,
 }

@@ -25,13 +25,13 @@ mod rng;
 mod target;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, FuturesUnordered};
 use rpc_core::{Error, Outcome, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -51,7 +51,7 @@ pub(crate) use breaker::BreakerState;
 pub use breaker::{BreakerOpen, CircuitBreaker};
 pub use outlier::OutlierDetection;
 pub(crate) use outlier::OutlierState;
-pub use policy::{Balancer, ConsistentHash, PeakEwma};
+pub use policy::{Balancer, ConsistentHash, Failover, PeakEwma};
 pub(crate) use ring::stable_hash;
 pub use target::{Change, ResolveError, Target};
 
@@ -78,6 +78,8 @@ struct Shared {
     /// Set by the first call: endpoints connect from then on, and discovery runs.
     started: AtomicBool,
     discovery: Discovery,
+    /// The priority tier calls go to (primary/backup).
+    active_tier: AtomicU8,
 }
 
 /// The discovery source, until the first call starts it.
@@ -94,6 +96,8 @@ impl std::fmt::Debug for Discovery {
 struct EndpointSet {
     endpoints: Vec<Arc<Endpoint>>,
     state: PickState,
+    /// Some endpoint is in a backup tier: picks follow the active tier.
+    tiered: bool,
 }
 
 impl EndpointSet {
@@ -106,6 +110,7 @@ impl EndpointSet {
             _ => None,
         };
         Self {
+            tiered: endpoints.iter().any(|e| e.tier > 0),
             endpoints,
             state: PickState::new(ring),
         }
@@ -115,7 +120,7 @@ impl EndpointSet {
 impl Balance {
     /// A layer over `addrs` (address, weight), and over what `discovery` adds later.
     pub(crate) fn new(
-        addrs: &[(SocketAddr, u32)],
+        addrs: &[(SocketAddr, u32, u8)],
         balancer: Balancer,
         discovery: Option<BoxStream<'static, Change>>,
         config: Arc<ClientConfig>,
@@ -131,7 +136,7 @@ impl Balance {
         };
         let next_id = AtomicU64::new(1);
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
-        for &(addr, weight) in addrs {
+        for &(addr, weight, tier) in addrs {
             if let Some(existing) = endpoints.iter().position(|e| e.addr() == addr) {
                 // The same address twice: one endpoint, with the weights added.
                 let old = &endpoints[existing];
@@ -141,6 +146,7 @@ impl Balance {
                     id,
                     addr,
                     merged,
+                    old.tier.min(tier),
                     Arc::clone(&config),
                     Arc::clone(&latency),
                     epoch,
@@ -152,6 +158,7 @@ impl Balance {
                 id,
                 addr,
                 weight,
+                tier,
                 Arc::clone(&config),
                 Arc::clone(&latency),
                 epoch,
@@ -173,6 +180,7 @@ impl Balance {
                 next_id,
                 started: AtomicBool::new(false),
                 discovery: Discovery(Mutex::new(discovery)),
+                active_tier: AtomicU8::new(0),
             }),
         }
     }
@@ -225,11 +233,11 @@ impl Shared {
         let current = self.set.load_full();
         let mut endpoints = current.endpoints.clone();
         match change {
-            Change::Insert { addr, weight } => {
+            Change::Insert { addr, weight, tier } => {
                 let weight = weight.max(1);
                 let position = endpoints.iter().position(|e| e.addr() == addr);
                 if let Some(i) = position {
-                    if endpoints[i].weight == weight {
+                    if endpoints[i].weight == weight && endpoints[i].tier == tier {
                         return;
                     }
                 }
@@ -241,6 +249,7 @@ impl Shared {
                     id,
                     addr,
                     weight,
+                    tier,
                     Arc::clone(&self.config),
                     Arc::clone(&self.latency),
                     self.epoch,
@@ -286,6 +295,68 @@ impl Shared {
         }
     }
 
+    /// The priority tier calls go to now, updating it: away from the active tier at once when
+    /// every endpoint of it is down (connecting fails, suspected, ejected, breaker open), back
+    /// to a lower tier once one of its endpoints has been up for `failback_after`.
+    fn active_tier(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        at: u64,
+        out: &dyn Fn(&Endpoint) -> bool,
+    ) -> u8 {
+        let up = |e: &Endpoint| e.is_available() && !out(e);
+        let down = |e: &Endpoint| e.is_failing() || (e.is_ready() && !e.is_available()) || out(e);
+        for e in endpoints {
+            let since = e.up_since.load(Ordering::Relaxed);
+            match (up(e), since) {
+                (true, 0) => e.up_since.store(at.saturating_add(1), Ordering::Relaxed),
+                (false, s) if s != 0 => e.up_since.store(0, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        let failback = u64::try_from(self.config.failback_after.as_nanos()).unwrap_or(u64::MAX);
+        let stable = |tier: u8| {
+            endpoints.iter().any(|e| {
+                let since = e.up_since.load(Ordering::Relaxed);
+                e.tier == tier && since != 0 && at.saturating_add(1) - since >= failback
+            })
+        };
+        let lowest = |pred: &dyn Fn(&Endpoint) -> bool| {
+            endpoints.iter().filter(|e| pred(e)).map(|e| e.tier).min()
+        };
+        let current = self.active_tier.load(Ordering::Relaxed);
+        let next = if let Some(tier) = (0..current).find(|&t| stable(t)) {
+            tier
+        } else if endpoints
+            .iter()
+            .filter(|e| e.tier == current)
+            .all(|e| down(e))
+        {
+            lowest(&|e| up(e))
+                .or_else(|| lowest(&|e| !down(e)))
+                .unwrap_or(current)
+        } else {
+            current
+        };
+        if next != current
+            && self
+                .active_tier
+                .compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if next > current {
+                warn!(from = current, to = next, "failing over to a backup tier");
+            } else {
+                info!(
+                    from = current,
+                    to = next,
+                    "back to a lower tier: it has been up long enough"
+                );
+            }
+        }
+        next
+    }
+
     /// The endpoint for `attempt`, by the tiers in the module's doc; `skip` holds endpoints that
     /// already had no connection to give this attempt.
     fn choose(
@@ -314,6 +385,8 @@ impl Shared {
         let skipped = |e: &Endpoint| skip & bit(e.id) != 0;
         let fresh = |e: &Endpoint| !attempt.call.has_tried(e.id) && !skipped(e);
         let out = |e: &Endpoint| ejected(e) || blocked(e);
+        let active = set.tiered.then(|| self.active_tier(endpoints, at, &out));
+        let out = |e: &Endpoint| out(e) || active.is_some_and(|tier| e.tier != tier);
         let tiers: [&dyn Fn(&Endpoint) -> bool; 5] = [
             &|e| e.is_available() && fresh(e) && !out(e),
             &|e| !e.is_failing() && !e.is_ready() && fresh(e) && !out(e),
@@ -416,70 +489,159 @@ impl CallService for Balance {
         if !shared.started.load(Ordering::Relaxed) {
             shared.start();
         }
+        if attempt.fork > 1 && attempt.idempotent {
+            return self.fork(attempt).await;
+        }
         // Endpoints that had no connection to give this attempt.
         let mut skip: u64 = 0;
+        let mut attempt = attempt;
         loop {
-            let (endpoint, others, picked_at) = {
-                let set = shared.set.load();
-                let now = Instant::now();
-                let Some(endpoint) = shared.choose(&set, &attempt, skip, now) else {
-                    return Err(no_endpoint(
-                        &attempt,
-                        shared.config.breaker.is_some() && !set.endpoints.is_empty(),
-                    ));
-                };
-                if shared.config.breaker.is_some()
-                    && !endpoint.breaker.admit(outlier::since(shared.epoch, now))
-                {
-                    // Its half-open trial went to another attempt a moment ago.
-                    skip |= bit(endpoint.id);
-                    continue;
-                }
-                // Another endpoint to go to if this one has no connection to give.
-                let others = attempt.call.pinned_endpoint().is_none()
-                    && set
-                        .endpoints
-                        .iter()
-                        .any(|e| e.id != endpoint.id && skip & bit(e.id) == 0);
-                (endpoint, others, now)
+            let Some((endpoint, others, picked_at)) = shared.pick_admitted(&attempt, &mut skip)
+            else {
+                return Err(shared.none_to_pick(&attempt));
             };
-            let outstanding = shared.reads_load.then(|| endpoint.load.start());
             // Wait for a connection only where no other endpoint is left to try.
             let wait = attempt.wait_for_ready && !others;
-            let conn = match endpoint.dispatch.connection(&attempt, wait).await {
-                Ok(conn) => conn,
-                Err(err) if others && err.has_cause::<NoConnection>() => {
-                    debug!(addr = %endpoint.addr(), "no connection: trying another endpoint");
-                    drop(outstanding);
+            match shared.place(&endpoint, attempt, wait, picked_at).await {
+                Placed::Done(result) => return result,
+                Placed::NoConnection(err, back) if others => {
+                    debug!(addr = %endpoint.addr(), error = %err, "no connection: trying another endpoint");
                     endpoint.dispatch.pool.kick();
                     skip |= bit(endpoint.id);
-                    continue;
+                    attempt = back;
                 }
-                Err(err) => return Err(err),
-            };
-            attempt.call.tried(endpoint.id);
-            let (result, sample) = endpoint.dispatch.send_sampled(&conn, attempt).await;
-            // When the attempt ended: the pick's clock read plus the answer's wait, or (a
-            // failure, off the hot path) the clock.
-            let ended = match sample {
-                Some(latency) => picked_at + latency,
-                None => Instant::now(),
-            };
-            shared.judge(&endpoint, &result, ended);
-            let Some(decay) = shared.decay() else {
-                return result;
-            };
-            // Answered attempts are the samples, as for the method latencies. An attempt that
-            // ended unanswered (deadline, connection lost, handed back) says how long the caller
-            // waited, not how fast the server is: a hung server is the suspicion detector's
-            // business, and a 1 s deadline as a "sample" would keep a recovered server out of
-            // rotation for a minute.
-            if let Some(latency) = sample {
-                endpoint.load.observe(latency, ended, decay);
+                Placed::NoConnection(err, _) => return Err(err),
             }
-            drop(outstanding);
-            return result;
         }
+    }
+}
+
+/// How an attempt placed on one endpoint ended.
+enum Placed {
+    /// Sent, and this is its result (or it failed before sending for a reason of its own).
+    Done(Result<Reply, Error>),
+    /// The endpoint had no connection to give: nothing was sent, and here is the attempt back.
+    NoConnection(Error, Attempt),
+}
+
+impl Balance {
+    /// [`Failover::Forking`]: the attempt on up to `fork` endpoints at once; the first success
+    /// wins, and dropping the others withdraws them (CANCEL on the wire).
+    async fn fork(&self, attempt: Attempt) -> Result<Reply, Error> {
+        let shared = &self.shared;
+        let mut skip: u64 = 0;
+        let mut chosen = Vec::new();
+        while chosen.len() < attempt.fork {
+            match shared.pick_admitted(&attempt, &mut skip) {
+                Some((endpoint, _, picked_at)) if skip & bit(endpoint.id) == 0 => {
+                    skip |= bit(endpoint.id);
+                    chosen.push((endpoint, picked_at));
+                }
+                _ => break,
+            }
+        }
+        if chosen.is_empty() {
+            return Err(shared.none_to_pick(&attempt));
+        }
+        let mut branches: FuturesUnordered<_> = chosen
+            .into_iter()
+            .map(|(endpoint, picked_at)| {
+                let attempt = attempt.clone();
+                async move {
+                    match shared.place(&endpoint, attempt, false, picked_at).await {
+                        Placed::Done(result) => result,
+                        Placed::NoConnection(err, _) => Err(err),
+                    }
+                }
+            })
+            .collect();
+        let mut outcome = Outcome::NotSent;
+        let mut last = None;
+        while let Some(result) = branches.next().await {
+            match result {
+                Ok(reply) => return Ok(reply),
+                Err(err) => {
+                    outcome = outcome.combine(err.outcome());
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.map_or_else(
+            || shared.none_to_pick(&attempt),
+            |err| err.after_attempts(outcome),
+        ))
+    }
+}
+
+impl Shared {
+    /// An endpoint for `attempt` outside `skip`, its breaker admitting it: with whether another
+    /// endpoint outside `skip` is left, and the pick's clock read.
+    fn pick_admitted(
+        &self,
+        attempt: &Attempt,
+        skip: &mut u64,
+    ) -> Option<(Arc<Endpoint>, bool, Instant)> {
+        let set = self.set.load();
+        let now = Instant::now();
+        loop {
+            let endpoint = self.choose(&set, attempt, *skip, now)?;
+            if self.config.breaker.is_some()
+                && !endpoint.breaker.admit(outlier::since(self.epoch, now))
+            {
+                // Its half-open trial went to another attempt a moment ago.
+                *skip |= bit(endpoint.id);
+                continue;
+            }
+            let others = attempt.call.pinned_endpoint().is_none()
+                && set
+                    .endpoints
+                    .iter()
+                    .any(|e| e.id != endpoint.id && *skip & bit(e.id) == 0);
+            return Some((endpoint, others, now));
+        }
+    }
+
+    /// The error when no endpoint can be picked.
+    fn none_to_pick(&self, attempt: &Attempt) -> Error {
+        let any = !self.set.load().endpoints.is_empty();
+        no_endpoint(attempt, self.config.breaker.is_some() && any)
+    }
+
+    /// Places `attempt` on `endpoint`: waits for its connection if `wait`, sends, and records
+    /// the result for the endpoint's load, ejection and breaker.
+    async fn place(
+        &self,
+        endpoint: &Endpoint,
+        attempt: Attempt,
+        wait: bool,
+        picked_at: Instant,
+    ) -> Placed {
+        let outstanding = self.reads_load.then(|| endpoint.load.start());
+        let conn = match endpoint.dispatch.connection(&attempt, wait).await {
+            Ok(conn) => conn,
+            Err(err) if err.has_cause::<NoConnection>() => {
+                return Placed::NoConnection(err, attempt);
+            }
+            Err(err) => return Placed::Done(Err(err)),
+        };
+        attempt.call.tried(endpoint.id);
+        let (result, sample) = endpoint.dispatch.send_sampled(&conn, attempt).await;
+        // When the attempt ended: the pick's clock read plus the answer's wait, or (a failure,
+        // off the hot path) the clock.
+        let ended = match sample {
+            Some(latency) => picked_at + latency,
+            None => Instant::now(),
+        };
+        self.judge(endpoint, &result, ended);
+        // Answered attempts are the samples, as for the method latencies. An attempt that ended
+        // unanswered (deadline, connection lost, handed back) says how long the caller waited,
+        // not how fast the server is: a hung server is the suspicion detector's business, and a
+        // 1 s deadline as a "sample" would keep a recovered server out of rotation for a minute.
+        if let (Some(decay), Some(latency)) = (self.decay(), sample) {
+            endpoint.load.observe(latency, ended, decay);
+        }
+        drop(outstanding);
+        Placed::Done(result)
     }
 }
 

@@ -169,3 +169,26 @@ impl Default for ConsistentHash {
         Self::new()
     }
 }
+
+/// What a call does when an attempt fails or is slow, across endpoints (Dubbo's names; Finagle
+/// and brpc have the same ideas). Per channel with
+/// [`ChannelBuilder::failover`](crate::ChannelBuilder::failover), per call with
+/// [`CallOptions::failover`](crate::CallOptions::failover).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failover {
+    /// Retry by the retry policy, each attempt on an endpoint the call has not tried while there
+    /// is one. The default.
+    #[default]
+    Failover,
+    /// One attempt: no retry and no hedge, on any endpoint. (Moving past an endpoint that could
+    /// not be connected to is still done: nothing was sent.)
+    FailFast,
+    /// Send to `n` endpoints at once; the first success wins and the other attempts are
+    /// cancelled (CANCEL on the wire). For idempotent calls only: a call that is not idempotent
+    /// goes to one endpoint. When all fail, the call fails with the least safe outcome of them.
+    Forking {
+        /// Endpoints to send to at once, at least 2 (fewer if the channel has fewer available).
+        n: usize,
+    },
+}

@@ -18,6 +18,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 pub struct Target {
     pub(crate) kind: TargetKind,
     pub(crate) weight: u32,
+    pub(crate) tier: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,7 @@ impl Target {
         Self {
             kind: TargetKind::Addr(addr),
             weight: 1,
+            tier: 0,
         }
     }
 
@@ -43,6 +45,7 @@ impl Target {
         Self {
             kind: TargetKind::Name(name.into()),
             weight: 1,
+            tier: 0,
         }
     }
 
@@ -52,6 +55,17 @@ impl Target {
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
         self.weight = weight.max(1);
+        self
+    }
+
+    /// The target's priority tier, for primary/backup failover: 0 (the default) is the primary
+    /// tier, 1 the first backup, and so on. Calls go to the lowest tier that has an endpoint up;
+    /// when every endpoint of it is down (connecting fails, suspected, ejected or its breaker
+    /// open) they go to the next at once, and they come back only once an endpoint of the lower
+    /// tier has been up for [`ChannelBuilder::failback_after`](crate::ChannelBuilder::failback_after).
+    #[must_use]
+    pub fn tier(mut self, tier: u8) -> Self {
+        self.tier = tier;
         self
     }
 
@@ -134,12 +148,14 @@ impl std::error::Error for ResolveError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Change {
-    /// Send to `addr` too, with `weight` (0 counts as 1).
+    /// Send to `addr` too, with `weight` (0 counts as 1) in priority tier `tier` (0: primary).
     Insert {
         /// The server's address.
         addr: SocketAddr,
         /// Its weight, as [`Target::weight`].
         weight: u32,
+        /// Its tier, as [`Target::tier`].
+        tier: u8,
     },
     /// Stop sending new calls to `addr`; calls already there finish.
     Remove(SocketAddr),
