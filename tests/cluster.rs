@@ -1035,3 +1035,128 @@ async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stabili
     assert_eq!(answer().await, "primary");
     backup.kill().await.unwrap();
 }
+
+/// Issue 13's run, scaled to this machine: three server processes under 8 callers with 1 s
+/// deadlines and every default; one is SIGKILLed and restarted 2 s later, one SIGSTOPped for 3 s,
+/// the third SIGKILLed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_and_restart_hang_and_kill_for_good_with_defaults_lose_no_idempotent_call() {
+    let dir = std::env::temp_dir().join(format!("keel-cluster-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut servers = Vec::new();
+    let mut journals = Vec::new();
+    for i in 0..3 {
+        let journal = dir.join(format!("server-{i}"));
+        let _ = std::fs::remove_file(&journal);
+        servers.push(
+            ServerProcess::start(
+                support::echo_example(),
+                ["--journal".into(), journal.clone().into_os_string()],
+            )
+            .await
+            .unwrap(),
+        );
+        journals.push(journal);
+    }
+    // The one to be stopped sits behind the proxy, which counts the bytes sent to it.
+    let proxy = Proxy::start(servers[1].addr(), support::chaos_seed("cluster run"))
+        .await
+        .unwrap();
+    let sent_to_stopped = || proxy.connections().iter().map(|c| c.to_server).sum::<u64>();
+    let channel =
+        Channel::cluster([servers[0].addr(), proxy.local_addr(), servers[2].addr()]).build();
+    let padding = 1024;
+    let start = tokio::time::Instant::now();
+    let callers = spawn_callers(&channel, 8, 6, padding, start + Duration::from_secs(10));
+    let at = |secs: f64| tokio::time::sleep_until(start + Duration::from_secs_f64(secs));
+
+    at(1.0).await;
+    servers[0].kill().await.unwrap();
+    at(3.0).await;
+    let before_restart = journal_lines(&journals[0]).len();
+    servers[0].restart().await.unwrap();
+    let restarted = tokio::time::Instant::now();
+    let back = support::eventually(Duration::from_secs(1), || {
+        journal_lines(&journals[0]).len() > before_restart
+    })
+    .await;
+    let back_after = restarted.elapsed();
+    at(4.0).await;
+    servers[1].stop().unwrap();
+    at(4.5).await;
+    let bytes_at_500_ms = sent_to_stopped();
+    at(7.0).await;
+    let stopped_bytes = sent_to_stopped() - bytes_at_500_ms;
+    servers[1].resume().unwrap();
+    at(8.0).await;
+    servers[2].kill().await.unwrap();
+
+    let mut results: Vec<(u32, Timed)> = Vec::new();
+    for (caller, handle) in callers.into_iter().enumerate() {
+        for result in handle.await.unwrap() {
+            results.push((u32::try_from(caller).unwrap(), result));
+        }
+    }
+    let (idempotent, plain): (Vec<_>, Vec<_>) = results.iter().partition(|(caller, _)| *caller < 6);
+    let idempotent_failed: Vec<_> = idempotent
+        .iter()
+        .filter(|(_, (_, _, r))| r.is_err())
+        .collect();
+    assert!(
+        idempotent.len() > 1000,
+        "idempotent calls made: {}",
+        idempotent.len()
+    );
+    assert!(idempotent_failed.is_empty(), "{idempotent_failed:?}");
+    assert!(
+        back,
+        "the restarted server got no call within 1 s of its restart"
+    );
+    assert!(
+        stopped_bytes < padding as u64,
+        "{stopped_bytes} bytes sent to the stopped server"
+    );
+
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for journal in &journals {
+        for line in journal_lines(journal) {
+            if let Some(text) = line.strip_prefix("echo ") {
+                *runs.entry(text.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a non-idempotent handler ran twice"
+    );
+    let mut plain_failed = 0;
+    for (_, (text, _, result)) in &plain {
+        match result {
+            Ok(()) => assert_eq!(
+                runs.get(text),
+                Some(&1),
+                "{text} succeeded without running once"
+            ),
+            Err(err) => {
+                plain_failed += 1;
+                // Only a call that may have run is reported as such; one said not to have run
+                // must not have.
+                if err.outcome() != Outcome::MaybeExecuted {
+                    assert!(
+                        !runs.contains_key(text),
+                        "{text} failed {:?} but ran",
+                        err.outcome()
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "idempotent: {} calls, 0 failed; non-idempotent: {} calls, {plain_failed} failed with \
+         their outcome, none ran twice; restarted server back after {back_after:?}; {stopped_bytes} \
+         bytes to the stopped server from 500 ms after SIGSTOP to SIGCONT",
+        idempotent.len(),
+        plain.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
