@@ -1160,3 +1160,54 @@ async fn kill_and_restart_hang_and_kill_for_good_with_defaults_lose_no_idempoten
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Routes each address to an in-process server over an in-memory pipe.
+struct InMemory(HashMap<SocketAddr, Server>);
+
+impl keel::client::Connector for InMemory {
+    fn connect(&self, addr: SocketAddr) -> keel::client::ConnectFuture {
+        let server = self.0.get(&addr).cloned();
+        Box::pin(async move {
+            let server = server.ok_or(std::io::ErrorKind::ConnectionRefused)?;
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move { server.serve_io(theirs, addr).await });
+            Ok(Box::new(ours) as keel::client::BoxIo)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_connector_carries_the_protocol_over_any_byte_stream() {
+    // Addresses that are never dialed: the connector maps them to in-memory servers.
+    let addrs: Vec<SocketAddr> = (1..=3)
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect();
+    let servers: HashMap<SocketAddr, Server> = addrs
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(&addr, name)| {
+            let server = Server::builder()
+                .register(
+                    "Who.name",
+                    move |_ctx: CallContext, _payload: Bytes| async move {
+                        Ok(Bytes::from_static(name.as_bytes()))
+                    },
+                )
+                .build();
+            (addr, server)
+        })
+        .collect();
+    let refused = SocketAddr::from(([127, 0, 0, 1], 4));
+    let channel = Channel::cluster(addrs.iter().copied().chain([refused]))
+        .balancer(Balancer::RoundRobin)
+        .connector(InMemory(servers))
+        .build();
+    let mut seen = String::new();
+    for _ in 0..9 {
+        seen += &who(&channel, options()).await;
+    }
+    let mut letters: Vec<char> = seen.chars().collect();
+    letters.sort_unstable();
+    letters.dedup();
+    assert_eq!(letters, ['a', 'b', 'c'], "{seen}");
+}

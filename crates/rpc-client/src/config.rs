@@ -11,6 +11,7 @@ use crate::Channel;
 use crate::balance::{
     Balancer, Change, CircuitBreaker, Failover, OutlierDetection, ResolveError, Target,
 };
+use crate::connector::{Connector, SharedConnector};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -39,6 +40,7 @@ pub(crate) struct ClientConfig {
     pub(crate) breaker: Option<CircuitBreaker>,
     pub(crate) failover: Failover,
     pub(crate) failback_after: Duration,
+    pub(crate) connector: SharedConnector,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +67,7 @@ impl Default for ClientConfig {
             breaker: Some(CircuitBreaker::new()),
             failover: Failover::Failover,
             failback_after: Duration::from_secs(10),
+            connector: SharedConnector::default(),
         }
     }
 }
@@ -138,6 +141,14 @@ impl ChannelBuilder {
     /// builder are the starting set; with a source, the set may also start empty.
     pub fn discover(mut self, changes: impl Stream<Item = Change> + Send + 'static) -> Self {
         self.discovery = Some(changes.boxed());
+        self
+    }
+
+    /// How each connection's byte stream is made. Default [`TcpConnector`](crate::TcpConnector):
+    /// TCP with `TCP_NODELAY`. Another [`Connector`] runs the same protocol over TLS, a Unix
+    /// socket or an in-memory pipe.
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.config.connector = SharedConnector(std::sync::Arc::new(connector));
         self
     }
 

@@ -30,13 +30,13 @@ use rpc_core::{Deadline, Error, Outcome, Status, StatusCode};
 use rpc_transport::{
     Beat, HandshakeError, Heartbeat, IDLE_READ_ROOM, WriteQueue, handshake, poll_fill, poll_timer,
 };
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
+use crate::connector::BoxIo;
 use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 use crate::suspicion::{Detector, PeerSuspected, Suspected, SuspicionConfig, Verdict};
@@ -297,7 +297,7 @@ pub(crate) async fn connect(
     latency: Arc<LatencyTracker>,
 ) -> Result<ConnectionHandle, ConnectionError> {
     let started = Instant::now();
-    let mut io = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let mut io = tokio::time::timeout(timeout, config.connector.0.connect(addr))
         .await
         .map_err(|_| ConnectionError::Connect {
             addr,
@@ -307,7 +307,6 @@ pub(crate) async fn connect(
             addr,
             source: Arc::new(source),
         })?;
-    let _ = io.set_nodelay(true);
     let local = config.settings();
     let mut read_buf = BytesMut::with_capacity(8 * 1024);
     let mut decoder = FrameDecoder::builder(Role::Client).settings(&local).build();
@@ -423,7 +422,7 @@ struct Pending {
 }
 
 struct Connection {
-    io: TcpStream,
+    io: BoxIo,
     read_buf: BytesMut,
     decoder: FrameDecoder,
     queue: WriteQueue,

@@ -46,6 +46,7 @@ mod call;
 mod channel;
 mod config;
 mod connection;
+mod connector;
 mod endpoint;
 mod hedge;
 mod latency;
@@ -65,6 +66,7 @@ pub use call::{CallOptions, Reply};
 pub use channel::Channel;
 pub use config::ChannelBuilder;
 pub use connection::ConnectionError;
+pub use connector::{BoxIo, ConnectFuture, Connector, Io, TcpConnector};
 pub use policy::{
     Backoff, HedgeDelay, HedgePolicy, Jitter, MAX_ATTEMPTS_CAP, RetryBudget, RetryPolicy,
 };
