@@ -358,6 +358,39 @@ fn args<T: serde::Serialize>(value: T) -> Bytes {
     CODEC.encode(&(value,)).unwrap()
 }
 
+/// Three echo server processes, each journaling the calls it runs to a file of its own.
+struct Journaled {
+    dir: std::path::PathBuf,
+    servers: Vec<ServerProcess>,
+    journals: Vec<std::path::PathBuf>,
+}
+
+impl Journaled {
+    async fn start(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut servers = Vec::new();
+        let mut journals = Vec::new();
+        for i in 0..3 {
+            let journal = dir.join(format!("server-{i}"));
+            let _ = std::fs::remove_file(&journal);
+            let server = ServerProcess::start(
+                support::echo_example(),
+                ["--journal".into(), journal.clone().into_os_string()],
+            )
+            .await
+            .unwrap();
+            servers.push(server);
+            journals.push(journal);
+        }
+        Self {
+            dir,
+            servers,
+            journals,
+        }
+    }
+}
+
 fn journal_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -368,22 +401,11 @@ fn journal_lines(path: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_process_costs_no_idempotent_call_and_runs_no_call_twice() {
-    let dir = std::env::temp_dir().join(format!("keel-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut servers = Vec::new();
-    let mut journals = Vec::new();
-    for i in 0..3 {
-        let journal = dir.join(format!("server-{i}"));
-        let _ = std::fs::remove_file(&journal);
-        let server = ServerProcess::start(
-            support::echo_example(),
-            ["--journal".into(), journal.clone().into_os_string()],
-        )
-        .await
-        .unwrap();
-        servers.push(server);
-        journals.push(journal);
-    }
+    let Journaled {
+        dir,
+        mut servers,
+        journals,
+    } = Journaled::start("keel-cluster").await;
     let channel =
         Channel::cluster(servers.iter().map(ServerProcess::addr).collect::<Vec<_>>()).build();
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -543,23 +565,11 @@ fn spawn_callers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_leaves_the_rotation_within_500_ms_and_returns_after_sigcont() {
-    let dir = std::env::temp_dir().join(format!("keel-cluster-stop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut servers = Vec::new();
-    let mut journals = Vec::new();
-    for i in 0..3 {
-        let journal = dir.join(format!("server-{i}"));
-        let _ = std::fs::remove_file(&journal);
-        servers.push(
-            ServerProcess::start(
-                support::echo_example(),
-                ["--journal".into(), journal.clone().into_os_string()],
-            )
-            .await
-            .unwrap(),
-        );
-        journals.push(journal);
-    }
+    let Journaled {
+        dir,
+        servers,
+        journals,
+    } = Journaled::start("keel-cluster-stop").await;
     // Server 1 behind the proxy, which counts the bytes the client sends it.
     let proxy = Proxy::start(servers[1].addr(), support::chaos_seed("stopped endpoint"))
         .await
@@ -1041,23 +1051,11 @@ async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stabili
 /// the third SIGKILLed for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_and_restart_hang_and_kill_for_good_with_defaults_lose_no_idempotent_call() {
-    let dir = std::env::temp_dir().join(format!("keel-cluster-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut servers = Vec::new();
-    let mut journals = Vec::new();
-    for i in 0..3 {
-        let journal = dir.join(format!("server-{i}"));
-        let _ = std::fs::remove_file(&journal);
-        servers.push(
-            ServerProcess::start(
-                support::echo_example(),
-                ["--journal".into(), journal.clone().into_os_string()],
-            )
-            .await
-            .unwrap(),
-        );
-        journals.push(journal);
-    }
+    let Journaled {
+        dir,
+        mut servers,
+        journals,
+    } = Journaled::start("keel-cluster-run").await;
     // The one to be stopped sits behind the proxy, which counts the bytes sent to it.
     let proxy = Proxy::start(servers[1].addr(), support::chaos_seed("cluster run"))
         .await
