@@ -7,8 +7,8 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1208,4 +1208,72 @@ async fn a_connector_carries_the_protocol_over_any_byte_stream() {
     letters.sort_unstable();
     letters.dedup();
     assert_eq!(letters, ['a', 'b', 'c'], "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedupe_call_that_may_have_run_is_retried_only_on_its_own_server() {
+    use keel::server::DedupeConfig;
+    let runs = Arc::new(Mutex::new(HashMap::<Bytes, usize>::new()));
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let runs = Arc::clone(&runs);
+        servers.push(
+            support::start(
+                Server::builder()
+                    .heartbeat_interval(Duration::from_millis(100))
+                    .dedupe(DedupeConfig::new())
+                    .register("Ledger.append", move |_ctx: CallContext, payload: Bytes| {
+                        *runs.lock().unwrap().entry(payload.clone()).or_default() += 1;
+                        async move { Ok(payload) }
+                    }),
+            )
+            .await,
+        );
+    }
+    let proxy = Proxy::start(
+        servers[0].local_addr(),
+        support::chaos_seed("dedupe cluster"),
+    )
+    .await
+    .unwrap();
+    let channel = Channel::cluster([
+        proxy.local_addr(),
+        servers[1].local_addr(),
+        servers[2].local_addr(),
+    ])
+    .balancer(Balancer::RoundRobin)
+    .heartbeat_interval(Duration::from_millis(100))
+    .build();
+    let append = |text: &'static str| {
+        channel.call(
+            "Ledger.append",
+            Bytes::from_static(text.as_bytes()),
+            CallOptions::new()
+                .dedupe(true)
+                .timeout(Duration::from_secs(5)),
+        )
+    };
+    // One call to each endpoint (round robin), so the next goes to the one behind the proxy.
+    for text in ["warm-0", "warm-1", "warm-2"] {
+        append(text).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its answer is lost: the call may have run there, and only that server's window can
+    // answer a retry with the recorded result. Round robin would send the retry elsewhere.
+    assert!(proxy.set_connection_faults(0, Direction::ServerToClient, Faults::none().blackhole()));
+    let reply = append("entry").await.unwrap();
+    assert_eq!(reply.payload, "entry");
+    assert_eq!(
+        reply.metadata.get("rpc-replayed").map(|v| &v[..]),
+        Some(&b"1"[..]),
+        "answered from the recorded result"
+    );
+    assert_eq!(
+        runs.lock().unwrap().get(&Bytes::from_static(b"entry")),
+        Some(&1),
+        "ran once"
+    );
+    for server in servers {
+        server.shutdown().await;
+    }
 }
