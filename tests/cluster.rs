@@ -1277,3 +1277,224 @@ async fn a_dedupe_call_that_may_have_run_is_retried_only_on_its_own_server() {
         server.shutdown().await;
     }
 }
+
+/// One fault of the harsh run, on one server.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill,
+    Hang,
+    Blackhole,
+    OneWayPartition,
+    BitFlips,
+    Latency,
+}
+
+/// Issue 13's harsh run, scaled: five server processes, each behind a fault proxy; seeded random
+/// kills, hangs, blackholes, one-way partitions, bit flips and +200 ms latency, never more than
+/// two servers faulted at once; 10 callers with 1 s deadlines and every default.
+async fn harsh_run(duration: Duration, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let dir = std::env::temp_dir().join(format!("keel-cluster-harsh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut servers, mut journals, mut proxies) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..5u64 {
+        let journal = dir.join(format!("server-{i}"));
+        let _ = std::fs::remove_file(&journal);
+        let server = ServerProcess::start(
+            support::echo_example(),
+            ["--journal".into(), journal.clone().into_os_string()],
+        )
+        .await
+        .unwrap();
+        proxies.push(
+            Proxy::start(server.addr(), seed.wrapping_add(i))
+                .await
+                .unwrap(),
+        );
+        servers.push(server);
+        journals.push(journal);
+    }
+    let channel =
+        Channel::cluster(proxies.iter().map(Proxy::local_addr).collect::<Vec<_>>()).build();
+    let start = tokio::time::Instant::now();
+    let until = start + duration;
+    let corrupted = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..10u32)
+        .map(|caller| {
+            let (channel, corrupted) = (channel.clone(), Arc::clone(&corrupted));
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut n = 0u32;
+                while tokio::time::Instant::now() < until {
+                    n += 1;
+                    let text = format!("{caller}-{n}");
+                    let options = CallOptions::new().timeout(Duration::from_secs(1));
+                    let result = if caller < 8 {
+                        let sent = Bytes::from(format!("{text}-{}", "x".repeat(64)));
+                        let reply = channel
+                            .call(
+                                "Echo.echo_bytes",
+                                args(sent.clone()),
+                                options.idempotent(true),
+                            )
+                            .await;
+                        if let Ok(reply) = &reply {
+                            if reply.payload != args(sent) {
+                                corrupted.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        reply.map(|_| ())
+                    } else {
+                        channel
+                            .call("Echo.echo", args(text.clone()), options)
+                            .await
+                            .map(|_| ())
+                    };
+                    results.push((caller, text, result));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                results
+            })
+        })
+        .collect();
+
+    // The schedule: every 1.5 s, a fault of 1 to 3 s on a server not faulted, at most 2 at once.
+    let mut healing: Vec<(usize, Fault, tokio::time::Instant)> = Vec::new();
+    let mut applied = Vec::new();
+    let mut next_fault = start + Duration::from_millis(1000);
+    while tokio::time::Instant::now() < until - Duration::from_secs(1) {
+        let now = tokio::time::Instant::now();
+        let mut still = Vec::new();
+        for (server, fault, heal_at) in healing.drain(..) {
+            if now < heal_at {
+                still.push((server, fault, heal_at));
+                continue;
+            }
+            match fault {
+                Fault::Kill => servers[server].restart().await.unwrap(),
+                Fault::Hang => servers[server].resume().unwrap(),
+                _ => proxies[server].clear_faults(),
+            }
+        }
+        healing = still;
+        if now >= next_fault && healing.len() < 2 {
+            let free: Vec<usize> = (0..5)
+                .filter(|s| healing.iter().all(|h| h.0 != *s))
+                .collect();
+            let server = free[rng.random_range(0..free.len())];
+            let kinds = [
+                Fault::Kill,
+                Fault::Hang,
+                Fault::Blackhole,
+                Fault::OneWayPartition,
+                Fault::BitFlips,
+                Fault::Latency,
+            ];
+            let fault = kinds[rng.random_range(0..kinds.len())];
+            let lasts = Duration::from_millis(rng.random_range(1000..3000));
+            let proxy = &proxies[server];
+            match fault {
+                Fault::Kill => servers[server].kill().await.unwrap(),
+                Fault::Hang => servers[server].stop().unwrap(),
+                Fault::Blackhole => {
+                    proxy.set_faults(Direction::ClientToServer, Faults::none().blackhole());
+                    proxy.set_faults(Direction::ServerToClient, Faults::none().blackhole());
+                }
+                Fault::OneWayPartition => {
+                    proxy.set_faults(Direction::ServerToClient, Faults::none().partition());
+                }
+                Fault::BitFlips => {
+                    proxy.set_faults(Direction::ClientToServer, Faults::none().flip_random(1e-4));
+                    proxy.set_faults(Direction::ServerToClient, Faults::none().flip_random(1e-4));
+                }
+                Fault::Latency => proxy.set_faults(
+                    Direction::ServerToClient,
+                    Faults::none().latency(Duration::from_millis(200), Duration::ZERO),
+                ),
+            }
+            applied.push((now - start, server, fault, lasts));
+            healing.push((server, fault, now + lasts));
+            next_fault = now + Duration::from_millis(1500);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (server, fault, _) in healing {
+        match fault {
+            Fault::Kill => servers[server].restart().await.unwrap(),
+            Fault::Hang => servers[server].resume().unwrap(),
+            _ => proxies[server].clear_faults(),
+        }
+    }
+
+    let mut results = Vec::new();
+    for caller in callers {
+        results.extend(caller.await.unwrap());
+    }
+    let idempotent: Vec<_> = results.iter().filter(|(c, _, _)| *c < 8).collect();
+    let failed: Vec<_> = idempotent.iter().filter(|(_, _, r)| r.is_err()).collect();
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for journal in &journals {
+        for line in journal_lines(journal) {
+            if let Some(text) = line.strip_prefix("echo ") {
+                *runs.entry(text.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    let plain: Vec<_> = results.iter().filter(|(c, _, _)| *c >= 8).collect();
+    let plain_failed = plain.iter().filter(|(_, _, r)| r.is_err()).count();
+    eprintln!(
+        "harsh run, seed {seed}: faults {applied:?}\n{} idempotent calls, {} failed, {} corrupted; \
+         {} non-idempotent, {plain_failed} failed",
+        idempotent.len(),
+        failed.len(),
+        corrupted.load(Ordering::SeqCst),
+        plain.len()
+    );
+    for (_, text, result) in failed.iter().take(5) {
+        eprintln!("  {text}: {result:?}");
+    }
+    assert_eq!(
+        corrupted.load(Ordering::SeqCst),
+        0,
+        "a corrupted value was delivered"
+    );
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a non-idempotent handler ran twice"
+    );
+    for (_, text, result) in &plain {
+        if let Err(err) = result {
+            if err.outcome() != Outcome::MaybeExecuted {
+                assert!(
+                    !runs.contains_key(text),
+                    "{text} failed {:?} but ran",
+                    err.outcome()
+                );
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} idempotent calls failed",
+        failed.len(),
+        idempotent.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harsh_seeded_run_over_five_servers_loses_no_idempotent_call() {
+    harsh_run(Duration::from_secs(15), support::chaos_seed("harsh run")).await;
+}
+
+/// The full length, 120 s: `cargo test --test cluster -- --ignored harsh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 120 s soak"]
+async fn a_harsh_seeded_run_of_120_s() {
+    harsh_run(
+        Duration::from_secs(120),
+        support::chaos_seed("harsh run 120 s"),
+    )
+    .await;
+}
