@@ -12,10 +12,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel::client::{Balancer, Change, ConsistentHash, PeakEwma, Target};
+use keel::client::{Balancer, Change, ClusterEvent, ConsistentHash, PeakEwma, Target};
 use keel::core::CallContext;
 use keel::{CallOptions, Channel, Error, Outcome, PayloadCodec, Server, ServerHandle, StatusCode};
 use rpc_chaos::{Direction, Faults, Proxy, ServerProcess};
+
+/// An observer that records every event, and the record.
+fn recorder() -> (
+    Arc<Mutex<Vec<ClusterEvent>>>,
+    impl Fn(&ClusterEvent) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&events);
+    (events, move |event: &ClusterEvent| {
+        record.lock().unwrap().push(event.clone());
+    })
+}
 
 /// A server whose `Who.name` answers with `name` and counts its calls.
 async fn named(name: &'static str) -> (ServerHandle, Arc<AtomicUsize>) {
@@ -575,7 +587,8 @@ async fn a_stopped_server_leaves_the_rotation_within_500_ms_and_returns_after_si
         .await
         .unwrap();
     let addrs = [servers[0].addr(), proxy.local_addr(), servers[2].addr()];
-    let channel = Channel::cluster(addrs).build();
+    let (events, observer) = recorder();
+    let channel = Channel::cluster(addrs).on_event(observer).build();
     let sent_to_stopped = || proxy.connections().iter().map(|c| c.to_server).sum::<u64>();
     let padding = 1024;
     let until = tokio::time::Instant::now() + Duration::from_millis(5500);
@@ -636,6 +649,29 @@ async fn a_stopped_server_leaves_the_rotation_within_500_ms_and_returns_after_si
         }
     }
     let back_within = back_within.expect("the resumed server got no new call");
+    // The typed events: suspected during the stop, and no longer after it.
+    let stopped = proxy.local_addr();
+    let about_it: Vec<ClusterEvent> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| match e {
+            ClusterEvent::Suspected { addr, .. } | ClusterEvent::Unsuspected { addr } => {
+                *addr == stopped
+            }
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    assert!(
+        matches!(about_it.first(), Some(ClusterEvent::Suspected { .. })),
+        "{about_it:?}"
+    );
+    assert_eq!(
+        about_it.last(),
+        Some(&ClusterEvent::Unsuspected { addr: stopped }),
+        "{about_it:?}"
+    );
     assert!(
         back_within < Duration::from_secs(1),
         "back after {back_within:?}"
@@ -695,11 +731,13 @@ async fn an_endpoint_failing_5_times_in_a_row_is_ejected_then_probed_and_ejected
     let (a, _) = named("a").await;
     let (b, b_calls) = broken().await;
     let (c, _) = named("c").await;
+    let (events, observer) = recorder();
     let channel = Channel::cluster([a.local_addr(), b.local_addr(), c.local_addr()])
         .balancer(Balancer::RoundRobin)
         .outlier_detection(
             keel::client::OutlierDetection::new().base_ejection_time(Duration::from_secs(1)),
         )
+        .on_event(observer)
         .build();
     let idempotent = || options().idempotent(true);
     warm_up(&channel).await;
@@ -727,6 +765,22 @@ async fn an_endpoint_failing_5_times_in_a_row_is_ejected_then_probed_and_ejected
         b_calls.load(Ordering::SeqCst),
         6,
         "still ejected: the second time is 2 s"
+    );
+    let addr = b.local_addr();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            ClusterEvent::Ejected {
+                addr,
+                times: 1,
+                for_how_long: Duration::from_secs(1)
+            },
+            ClusterEvent::Ejected {
+                addr,
+                times: 2,
+                for_how_long: Duration::from_secs(2)
+            },
+        ]
     );
     for server in [a, b, c] {
         server.shutdown().await;
@@ -815,10 +869,12 @@ async fn a_circuit_breaker_opens_on_the_failure_rate_refuses_then_closes_after_a
     let breaker = keel::client::CircuitBreaker::new()
         .min_attempts(10)
         .open_for(Duration::from_millis(500));
+    let (events, observer) = recorder();
     let channel = Channel::cluster([a.local_addr(), f.local_addr()])
         .balancer(Balancer::RoundRobin)
         .disable_outlier_detection()
         .circuit_breaker(breaker.clone())
+        .on_event(observer)
         .build();
     warm_up(&channel).await;
     let call = || channel.call("Who.name", Bytes::new(), options().no_retry());
@@ -852,6 +908,15 @@ async fn a_circuit_breaker_opens_on_the_failure_rate_refuses_then_closes_after_a
         f_calls.load(Ordering::SeqCst) >= 18,
         "closed: {}",
         f_calls.load(Ordering::SeqCst)
+    );
+    let addr = f.local_addr();
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            ClusterEvent::BreakerOpened { addr },
+            ClusterEvent::BreakerHalfOpen { addr },
+            ClusterEvent::BreakerClosed { addr },
+        ]
     );
 
     // Every endpoint's breaker open: refused at once, NOT_SENT, and not retried.
@@ -994,6 +1059,7 @@ async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stabili
     let mut primary = ServerProcess::start(&example, ["--name", "primary"])
         .await
         .unwrap();
+    let (events, observer) = recorder();
     let mut backup = ServerProcess::start(&example, ["--name", "backup"])
         .await
         .unwrap();
@@ -1002,6 +1068,7 @@ async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stabili
         Target::addr(backup.addr()).tier(1),
     ])
     .failback_after(Duration::from_secs(1))
+    .on_event(observer)
     .build();
     let answer = || async {
         let reply = channel
@@ -1043,6 +1110,13 @@ async fn primary_backup_fails_over_at_once_and_fails_back_only_after_the_stabili
     assert!(back >= Duration::from_secs(1), "back after {back:?}");
     assert!(back < Duration::from_millis(2000), "back after {back:?}");
     assert_eq!(answer().await, "primary");
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            ClusterEvent::TierSwitched { from: 0, to: 1 },
+            ClusterEvent::TierSwitched { from: 1, to: 0 },
+        ]
+    );
     backup.kill().await.unwrap();
 }
 

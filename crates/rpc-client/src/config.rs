@@ -12,6 +12,7 @@ use crate::balance::{
     Balancer, Change, CircuitBreaker, Failover, OutlierDetection, ResolveError, Target,
 };
 use crate::connector::{Connector, SharedConnector};
+use crate::events::{ClusterEvent, Observer};
 use crate::policy::{Backoff, HedgePolicy, RetryBudget, RetryPolicy};
 
 #[derive(Clone, Debug)]
@@ -41,6 +42,7 @@ pub(crate) struct ClientConfig {
     pub(crate) failover: Failover,
     pub(crate) failback_after: Duration,
     pub(crate) connector: SharedConnector,
+    pub(crate) observer: Observer,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +70,7 @@ impl Default for ClientConfig {
             failover: Failover::Failover,
             failback_after: Duration::from_secs(10),
             connector: SharedConnector::default(),
+            observer: Observer::default(),
         }
     }
 }
@@ -330,6 +333,16 @@ impl ChannelBuilder {
     /// immediate.
     pub fn failback_after(mut self, time: Duration) -> Self {
         self.config.failback_after = time;
+        self
+    }
+
+    /// Calls `observer` with every [`ClusterEvent`] of a channel over several endpoints: an
+    /// endpoint suspected or no longer, ejected or readmitted, its breaker opened, half-open or
+    /// closed, a tier switch, an endpoint added or removed. It runs on the task where the change
+    /// happened (a caller's, or a connection's), so it should be quick: count, or send on a
+    /// channel. Each event is also a `tracing` event. Default: none.
+    pub fn on_event(mut self, observer: impl Fn(&ClusterEvent) + Send + Sync + 'static) -> Self {
+        self.config.observer = Observer::new(observer);
         self
     }
 

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::call::{CallSlot, Reply};
 use crate::config::ClientConfig;
 use crate::connector::BoxIo;
+use crate::events::{ClusterEvent, Observer};
 use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 use crate::suspicion::{Detector, PeerSuspected, Suspected, SuspicionConfig, Verdict};
@@ -381,6 +382,7 @@ pub(crate) async fn connect(
         in_flight: Arc::clone(&in_flight),
         heartbeat,
         detector,
+        observer: config.observer.clone(),
         pings_sent: 0,
         pongs_seen: 0,
         withdrawn: Withdrawals::default(),
@@ -456,6 +458,7 @@ struct Connection {
     heartbeat: Option<Heartbeat>,
     /// Failure prediction, in a cluster's endpoints: see [`crate::suspicion`].
     detector: Option<Detector>,
+    observer: Observer,
     /// PINGs sent so far: each PING's opaque bytes are its number.
     pings_sent: u64,
     /// The highest PING number a PONG answered.
@@ -913,6 +916,8 @@ impl Connection {
                     if let Some(detector) = &mut self.detector {
                         if detector.arrived(self.now) {
                             info!(addr = %self.addr, "server no longer suspected: it sent again");
+                            self.observer
+                                .emit(ClusterEvent::Unsuspected { addr: self.addr });
                         }
                     }
                     progress = true;
@@ -939,6 +944,10 @@ impl Connection {
                 Verdict::Suspect => {
                     let silent_for = detector.silent_for(now);
                     warn!(addr = %self.addr, ?silent_for, "server suspected: no new calls here");
+                    self.observer.emit(ClusterEvent::Suspected {
+                        addr: self.addr,
+                        silent_for,
+                    });
                     self.hand_back_idempotent(silent_for);
                 }
                 Verdict::Probe | Verdict::Nothing => {}

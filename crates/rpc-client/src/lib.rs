@@ -48,6 +48,7 @@ mod config;
 mod connection;
 mod connector;
 mod endpoint;
+mod events;
 mod hedge;
 mod latency;
 mod policy;
@@ -67,6 +68,7 @@ pub use channel::Channel;
 pub use config::ChannelBuilder;
 pub use connection::ConnectionError;
 pub use connector::{BoxIo, ConnectFuture, Connector, Io, TcpConnector};
+pub use events::ClusterEvent;
 pub use policy::{
     Backoff, HedgeDelay, HedgePolicy, Jitter, MAX_ATTEMPTS_CAP, RetryBudget, RetryPolicy,
 };

@@ -150,6 +150,11 @@ impl BreakerState {
         }
     }
 
+    /// Whether the breaker is half-open: right after `admit`, whether this attempt is the trial.
+    pub(crate) fn is_half_open(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == HALF_OPEN
+    }
+
     /// Records an attempt's result at `at`.
     pub(crate) fn record(&self, config: &CircuitBreaker, at: u64, failed: bool) -> Transition {
         match self.state.load(Ordering::Relaxed) {

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::call::Reply;
 use crate::config::ClientConfig;
 use crate::endpoint::Endpoint;
+use crate::events::ClusterEvent;
 use crate::latency::LatencyTracker;
 use crate::pool::NoConnection;
 use crate::send::NoDedupeWindow;
@@ -269,6 +270,11 @@ impl Shared {
                     endpoint.dispatch.pool.keep_connected();
                 }
                 info!(%addr, weight, "endpoint added");
+                if position.is_none() {
+                    self.config
+                        .observer
+                        .emit(ClusterEvent::EndpointAdded { addr });
+                }
                 match position {
                     Some(i) => endpoints[i] = endpoint,
                     None => endpoints.push(endpoint),
@@ -281,6 +287,9 @@ impl Shared {
                     return;
                 }
                 info!(%addr, "endpoint removed");
+                self.config
+                    .observer
+                    .emit(ClusterEvent::EndpointRemoved { addr });
             }
         }
         self.set
@@ -353,6 +362,10 @@ impl Shared {
                     "back to a lower tier: it has been up long enough"
                 );
             }
+            self.config.observer.emit(ClusterEvent::TierSwitched {
+                from: current,
+                to: next,
+            });
         }
         next
     }
@@ -430,14 +443,19 @@ impl Shared {
                 Err(err) => Some(breaker::counts_against(err)),
             };
             if let Some(failed) = failed {
+                let addr = endpoint.addr();
                 match endpoint.breaker.record(config, at, failed) {
-                    breaker::Transition::Opened => warn!(
-                        addr = %endpoint.addr(),
-                        open_for = ?config.open_for,
-                        "circuit breaker opened"
-                    ),
+                    breaker::Transition::Opened => {
+                        warn!(%addr, open_for = ?config.open_for, "circuit breaker opened");
+                        self.config
+                            .observer
+                            .emit(ClusterEvent::BreakerOpened { addr });
+                    }
                     breaker::Transition::Closed => {
-                        info!(addr = %endpoint.addr(), "circuit breaker closed: the trial succeeded");
+                        info!(%addr, "circuit breaker closed: the trial succeeded");
+                        self.config
+                            .observer
+                            .emit(ClusterEvent::BreakerClosed { addr });
                     }
                     breaker::Transition::None => {}
                 }
@@ -465,15 +483,25 @@ impl Shared {
             outlier::Transition::Ejected {
                 times,
                 for_how_long,
-            } => warn!(
-                addr = %endpoint.addr(),
-                times,
-                ?for_how_long,
-                "endpoint ejected: {} failures in a row",
-                config.consecutive_failures
-            ),
+            } => {
+                warn!(
+                    addr = %endpoint.addr(),
+                    times,
+                    ?for_how_long,
+                    "endpoint ejected: {} failures in a row",
+                    config.consecutive_failures
+                );
+                self.config.observer.emit(ClusterEvent::Ejected {
+                    addr: endpoint.addr(),
+                    times,
+                    for_how_long,
+                });
+            }
             outlier::Transition::Readmitted => {
                 info!(addr = %endpoint.addr(), "endpoint readmitted: an attempt succeeded");
+                self.config.observer.emit(ClusterEvent::Readmitted {
+                    addr: endpoint.addr(),
+                });
             }
             outlier::Transition::None => {}
         }
@@ -585,12 +613,18 @@ impl Shared {
         let now = Instant::now();
         loop {
             let endpoint = self.choose(&set, attempt, *skip, now)?;
-            if self.config.breaker.is_some()
-                && !endpoint.breaker.admit(outlier::since(self.epoch, now))
-            {
-                // Its half-open trial went to another attempt a moment ago.
-                *skip |= bit(endpoint.id);
-                continue;
+            if self.config.breaker.is_some() {
+                if !endpoint.breaker.admit(outlier::since(self.epoch, now)) {
+                    // Its half-open trial went to another attempt a moment ago.
+                    *skip |= bit(endpoint.id);
+                    continue;
+                }
+                if endpoint.breaker.is_half_open() {
+                    info!(addr = %endpoint.addr(), "circuit breaker half-open: one trial attempt");
+                    self.config.observer.emit(ClusterEvent::BreakerHalfOpen {
+                        addr: endpoint.addr(),
+                    });
+                }
             }
             let others = attempt.call.pinned_endpoint().is_none()
                 && set
