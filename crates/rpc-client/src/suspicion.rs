@@ -171,7 +171,16 @@ impl Detector {
     /// Bytes arrived at `now`. Returns true if this ended a suspicion.
     pub(crate) fn arrived(&mut self, now: Instant) -> bool {
         if self.expecting {
-            let gap = now.saturating_duration_since(self.since).as_secs_f64();
+            // A gap past the suspicion bound (a hang, a partition) is recorded as the bound:
+            // taken whole, one 3 s hang would raise σ so far that the next hang on this
+            // connection went unsuspected for seconds. Clipped, a server that really became
+            // slower still raises the bound, a window at a time.
+            let (mean, deviation) = self.mean_and_deviation();
+            let bound = mean + self.config.z * deviation;
+            let gap = now
+                .saturating_duration_since(self.since)
+                .as_secs_f64()
+                .min(bound);
             if let Some(slot) = self.gaps.get_mut(self.count % WINDOW) {
                 if self.count >= WINDOW {
                     self.sum -= *slot;
@@ -329,16 +338,39 @@ mod tests {
     }
 
     #[test]
+    fn a_hang_does_not_blunt_the_detector_for_the_next_one() {
+        let start = Instant::now();
+        let mut detector = Detector::new(config(), start);
+        detector.expect(true, start);
+        let mut now = start;
+        for _ in 0..63 {
+            now += Duration::from_millis(1);
+            detector.arrived(now);
+        }
+        // A 3 s hang, then steady arrivals again.
+        now += Duration::from_secs(3);
+        detector.arrived(now);
+        let (probe, suspect) = detector.due().unwrap();
+        assert!(probe - now < Duration::from_millis(60), "{:?}", probe - now);
+        assert!(
+            suspect - now < Duration::from_millis(200),
+            "{:?}",
+            suspect - now
+        );
+    }
+
+    #[test]
     fn longer_gaps_raise_the_bound_and_idle_silence_is_no_suspicion() {
         let start = Instant::now();
         let mut detector = Detector::new(config(), start);
         detector.expect(true, start);
         let mut now = start;
-        for _ in 0..64 {
+        for _ in 0..128 {
             now += Duration::from_millis(400);
             detector.arrived(now);
         }
-        // Every gap 400 ms: σ at its floor, the suspect bound near 400 + 112 ms.
+        // The first gaps were clipped to the bound as it grew; after a window of 400 ms gaps, σ
+        // is at its floor and the suspect bound near 400 + 112 ms.
         assert_eq!(
             detector.check(now + Duration::from_millis(450)),
             Verdict::Probe
