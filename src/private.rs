@@ -27,6 +27,19 @@ pub struct MethodDefaults {
     pub retry: RetryDefault,
     /// `#[hedge(...)]`.
     pub hedge: Option<HedgeDefault>,
+    /// `#[failfast]` or `#[fork(N)]`.
+    pub failover: FailoverDefault,
+}
+
+/// A method's failover attribute.
+#[derive(Clone, Copy, Debug)]
+pub enum FailoverDefault {
+    /// None: the channel's failover.
+    Channel,
+    /// `#[failfast]`.
+    FailFast,
+    /// `#[fork(N)]`.
+    Fork(u32),
 }
 
 /// A method's retry attribute.
@@ -64,7 +77,7 @@ impl MethodDefaults {
                 options.retry_policy(rpc_client::RetryPolicy::new().max_attempts(n))
             }
         };
-        match self.hedge {
+        options = match self.hedge {
             None => options,
             Some(HedgeDefault::AfterMillis(ms)) => {
                 options.hedge(HedgePolicy::after(Duration::from_millis(ms)))
@@ -72,6 +85,13 @@ impl MethodDefaults {
             Some(HedgeDefault::Percentile(p)) => {
                 options.hedge(HedgePolicy::at_percentile(f64::from(p)))
             }
+        };
+        match self.failover {
+            FailoverDefault::Channel => options,
+            FailoverDefault::FailFast => options.failover(rpc_client::Failover::FailFast),
+            FailoverDefault::Fork(n) => options.failover(rpc_client::Failover::Forking {
+                n: usize::try_from(n).unwrap_or(2),
+            }),
         }
     }
 }

@@ -1404,6 +1404,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
                     n += 1;
                     let text = format!("{caller}-{n}");
                     let options = CallOptions::new().timeout(Duration::from_secs(1));
+                    let began = start.elapsed();
                     let result = if caller < 8 {
                         let sent = Bytes::from(format!("{text}-{}", "x".repeat(64)));
                         let reply = channel
@@ -1425,7 +1426,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
                             .await
                             .map(|_| ())
                     };
-                    results.push((caller, text, result));
+                    results.push((caller, format!("{text} at {began:.2?}"), result));
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 results
@@ -1505,8 +1506,6 @@ async fn harsh_run(duration: Duration, seed: u64) {
     for caller in callers {
         results.extend(caller.await.unwrap());
     }
-    let idempotent: Vec<_> = results.iter().filter(|(c, _, _)| *c < 8).collect();
-    let failed: Vec<_> = idempotent.iter().filter(|(_, _, r)| r.is_err()).collect();
     let mut runs: HashMap<String, usize> = HashMap::new();
     for journal in &journals {
         for line in journal_lines(journal) {
@@ -1515,8 +1514,18 @@ async fn harsh_run(duration: Duration, seed: u64) {
             }
         }
     }
-    let plain: Vec<_> = results.iter().filter(|(c, _, _)| *c >= 8).collect();
-    let plain_failed = plain.iter().filter(|(_, _, r)| r.is_err()).count();
+    // The results' texts carry " at <time>"; the journals have the text alone.
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|(caller, text, result)| {
+            let bare = text.split(" at ").next().unwrap_or_default().to_owned();
+            (caller, bare, text, result)
+        })
+        .collect();
+    let idempotent: Vec<_> = results.iter().filter(|(c, ..)| *c < 8).collect();
+    let failed: Vec<_> = idempotent.iter().filter(|(.., r)| r.is_err()).collect();
+    let plain: Vec<_> = results.iter().filter(|(c, ..)| *c >= 8).collect();
+    let plain_failed = plain.iter().filter(|(.., r)| r.is_err()).count();
     eprintln!(
         "harsh run, seed {seed}: faults {applied:?}\n{} idempotent calls, {} failed, {} corrupted; \
          {} non-idempotent, {plain_failed} failed",
@@ -1525,7 +1534,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
         corrupted.load(Ordering::SeqCst),
         plain.len()
     );
-    for (_, text, result) in failed.iter().take(5) {
+    for (_, _, text, result) in failed.iter().take(20) {
         eprintln!("  {text}: {result:?}");
     }
     assert_eq!(
@@ -1537,7 +1546,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
         runs.values().all(|&n| n == 1),
         "a non-idempotent handler ran twice"
     );
-    for (_, text, result) in &plain {
+    for (_, text, _, result) in &plain {
         if let Err(err) = result {
             if err.outcome() != Outcome::MaybeExecuted {
                 assert!(
@@ -1571,4 +1580,63 @@ async fn a_harsh_seeded_run_of_120_s() {
         support::chaos_seed("harsh run 120 s"),
     )
     .await;
+}
+
+/// `#[fork]` and `#[failfast]` through the typed client.
+#[keel::service]
+pub trait Racer {
+    /// Forked to two servers: the first answer wins.
+    #[idempotent]
+    #[fork(2)]
+    async fn race(&self) -> String;
+    /// One attempt on one server.
+    #[idempotent]
+    #[failfast]
+    async fn once(&self) -> String;
+}
+
+struct Racing {
+    name: &'static str,
+    delay: Duration,
+}
+
+impl Racer for Racing {
+    async fn race(&self) -> String {
+        tokio::time::sleep(self.delay).await;
+        self.name.to_owned()
+    }
+    async fn once(&self) -> String {
+        self.name.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_fork_attribute_sends_the_typed_call_to_two_servers() {
+    let mut servers = Vec::new();
+    for (name, delay) in [("slow", Duration::from_secs(5)), ("fast", Duration::ZERO)] {
+        servers.push(
+            support::start(Server::builder().add_service(RacerServer::new(Racing { name, delay })))
+                .await,
+        );
+    }
+    let channel = Channel::cluster(
+        servers
+            .iter()
+            .map(ServerHandle::local_addr)
+            .collect::<Vec<_>>(),
+    )
+    .balancer(Balancer::RoundRobin)
+    .build();
+    let client = RacerClient::new(channel);
+    for _ in 0..6 {
+        // Round robin alone would send every other call to the slow one.
+        let started = tokio::time::Instant::now();
+        assert_eq!(client.race().await.unwrap(), "fast");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    let once = client.once().await.unwrap();
+    assert!(once == "slow" || once == "fast");
+    for server in servers {
+        server.shutdown().await;
+    }
 }

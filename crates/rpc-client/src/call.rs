@@ -128,6 +128,7 @@ impl CallOptions {
         self.idempotency = self.idempotency.or(defaults.idempotency);
         self.retry = self.retry.or(defaults.retry);
         self.hedge = self.hedge.or(defaults.hedge);
+        self.failover = self.failover.or(defaults.failover);
         self.wait_for_ready = self.wait_for_ready.or(defaults.wait_for_ready);
         self.dedupe |= defaults.dedupe;
         self

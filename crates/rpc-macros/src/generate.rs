@@ -5,7 +5,7 @@ use quote::{format_ident, quote};
 use syn::ext::IdentExt;
 use syn::{ReturnType, TraitItem};
 
-use crate::parse::{HedgeAttr, Method, RetryAttr, Service, is_ours};
+use crate::parse::{FailoverAttr, HedgeAttr, Method, RetryAttr, Service, is_ours};
 
 pub(crate) fn generate(service: Service, krate: &TokenStream) -> TokenStream {
     let Service { mut item, methods } = service;
@@ -185,6 +185,11 @@ fn method_defaults(method: &Method, krate: &TokenStream) -> TokenStream {
             quote!(::core::option::Option::Some(#krate::__private::HedgeDefault::Percentile(#p)))
         }
     };
+    let failover = match method.failover {
+        FailoverAttr::Channel => quote!(#krate::__private::FailoverDefault::Channel),
+        FailoverAttr::FailFast => quote!(#krate::__private::FailoverDefault::FailFast),
+        FailoverAttr::Fork(n) => quote!(#krate::__private::FailoverDefault::Fork(#n)),
+    };
     quote! {
         #krate::__private::MethodDefaults {
             idempotent: #idempotent,
@@ -192,6 +197,7 @@ fn method_defaults(method: &Method, krate: &TokenStream) -> TokenStream {
             dedupe: #dedupe,
             retry: #retry,
             hedge: #hedge,
+            failover: #failover,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! - `EchoServer<S>`, which registers every method of an implementation `S` on a server.
 //!
 //! Method attributes: `#[idempotent]` sets the wire's IDEMPOTENT flag, and `#[deadline(200ms)]`
-//! (or `2s`) is the method's default deadline. Methods are named `Echo.method` on the wire.
+//! (or `2s`) is the method's default deadline. `#[retry(max_attempts = N)]`, `#[no_retry]`,
+//! `#[hedge(...)]` and `#[dedupe]` set its retries, `#[failfast]` and `#[fork(N)]` its failover
+//! across endpoints (`#[fork]` and `#[hedge]` need `#[idempotent]`). Methods are named `Echo.method` on the wire.
 //! `#[service(crate = "path")]` names the facade when it cannot be found in Cargo.toml.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -21,6 +21,19 @@ pub(crate) struct Method {
     pub(crate) dedupe: bool,
     pub(crate) retry: RetryAttr,
     pub(crate) hedge: Option<HedgeAttr>,
+    pub(crate) failover: FailoverAttr,
+}
+
+/// A method's `#[failfast]` or `#[fork(N)]`.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum FailoverAttr {
+    /// The channel's failover.
+    #[default]
+    Channel,
+    /// `#[failfast]`.
+    FailFast,
+    /// `#[fork(N)]`.
+    Fork(u32),
 }
 
 /// A method's `#[retry(...)]` or `#[no_retry]`.
@@ -50,6 +63,7 @@ struct Attrs {
     dedupe: bool,
     retry: RetryAttr,
     hedge: Option<HedgeAttr>,
+    failover: FailoverAttr,
 }
 
 /// The whole service.
@@ -194,6 +208,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         dedupe: attrs.dedupe,
         retry: attrs.retry,
         hedge: attrs.hedge,
+        failover: attrs.failover,
     })
 }
 
@@ -281,14 +296,33 @@ fn hedge_attribute(attr: &Attribute, errors: &mut Errors) -> Option<HedgeAttr> {
 }
 
 /// Reads `#[idempotent]`, `#[deadline(200ms)]` (units `ms` and `s`), `#[dedupe]`,
-/// `#[retry(max_attempts = N)]`, `#[no_retry]` and `#[hedge(...)]`.
+/// `#[retry(max_attempts = N)]`, `#[no_retry]`, `#[hedge(...)]`, `#[failfast]` and `#[fork(N)]`.
 fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
     let mut out = Attrs::default();
     let mut hedge_span = None;
+    let mut fork_span = None;
     let mut dedupe_span = None;
     for attr in attrs {
         let path = attr.path();
-        if path.is_ident("idempotent") || path.is_ident("dedupe") || path.is_ident("no_retry") {
+        if path.is_ident("failfast") {
+            if let Err(err) = attr.meta.require_path_only() {
+                errors.push(err.span(), "`#[failfast]` takes no arguments");
+            }
+            out.failover = FailoverAttr::FailFast;
+        } else if path.is_ident("fork") {
+            fork_span = Some(attr.span());
+            match attr
+                .parse_args::<LitInt>()
+                .map(|lit| (lit.base10_parse::<u32>(), lit.span()))
+            {
+                Ok((Ok(n @ 2..=8), _)) => out.failover = FailoverAttr::Fork(n),
+                Ok((_, span)) => errors.push(span, "fork to 2 to 8 endpoints: `#[fork(2)]`"),
+                Err(_) => errors.push(attr.span(), "write `#[fork(2)]` (2 to 8 endpoints)"),
+            }
+        } else if path.is_ident("idempotent")
+            || path.is_ident("dedupe")
+            || path.is_ident("no_retry")
+        {
             if let Err(err) = attr.meta.require_path_only() {
                 let name = path
                     .get_ident()
@@ -328,6 +362,12 @@ fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
             "`#[hedge]` needs `#[idempotent]`: a hedge may run the method twice",
         );
     }
+    if let (Some(span), false) = (fork_span, out.idempotent) {
+        errors.push(
+            span,
+            "`#[fork]` needs `#[idempotent]`: forking runs the method on several servers",
+        );
+    }
     if let (Some(span), true) = (dedupe_span, out.idempotent) {
         errors.push(
             span,
@@ -346,6 +386,8 @@ pub(crate) fn is_ours(attr: &Attribute) -> bool {
         "retry",
         "no_retry",
         "hedge",
+        "failfast",
+        "fork",
     ]
     .iter()
     .any(|name| attr.path().is_ident(name))

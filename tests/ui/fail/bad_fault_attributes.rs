@@ -14,6 +14,12 @@ trait Ledger {
     async fn unitless(&self) -> u64;
     #[retry(attempts = 2)]
     async fn misspelt(&self) -> u64;
+    // Forking runs the method on several servers: only idempotent methods.
+    #[fork(2)]
+    async fn forked(&self) -> u64;
+    #[idempotent]
+    #[fork(1)]
+    async fn fork_of_one(&self) -> u64;
 }
 
 fn main() {}
