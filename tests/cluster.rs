@@ -1640,3 +1640,74 @@ async fn a_fork_attribute_sends_the_typed_call_to_two_servers() {
         server.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_server_failing_every_other_call_is_ejected_by_the_success_rate_rule() {
+    let (bad, bad_calls) = {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let server = support::start(Server::builder().register(
+            "Who.name",
+            move |_ctx: CallContext, _payload: Bytes| {
+                // Every other call fails: never 5 in a row.
+                let fail = counter.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+                async move {
+                    if fail {
+                        Err(keel::core::Status::new(StatusCode::UNAVAILABLE, "flaky"))
+                    } else {
+                        Ok(Bytes::from_static(b"bad"))
+                    }
+                }
+            },
+        ))
+        .await;
+        (server, calls)
+    };
+    let mut good = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        good.push(named(name).await.0);
+    }
+    let addrs: Vec<SocketAddr> = std::iter::once(bad.local_addr())
+        .chain(good.iter().map(ServerHandle::local_addr))
+        .collect();
+    let (events, observer) = recorder();
+    let rule = keel::client::SuccessRate::new()
+        .interval(Duration::from_secs(1))
+        .request_volume(20);
+    let channel = Channel::cluster(addrs)
+        .balancer(Balancer::RoundRobin)
+        .outlier_detection(keel::client::OutlierDetection::new().success_rate(rule))
+        .disable_circuit_breaker()
+        .on_event(observer)
+        .build();
+    who(&channel, options().idempotent(true)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = || channel.call("Who.name", Bytes::new(), options().no_retry());
+    // Over 20 attempts on each endpoint in the first interval, then past its end.
+    for _ in 0..150 {
+        let _ = call().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = call().await;
+    let before = bad_calls.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        call().await.unwrap();
+    }
+    assert_eq!(
+        bad_calls.load(Ordering::SeqCst),
+        before,
+        "ejected: no call reaches it"
+    );
+    assert!(
+        events.lock().unwrap().iter().any(|e| matches!(
+            e,
+            ClusterEvent::Ejected { addr, times: 1, .. } if *addr == bad.local_addr()
+        )),
+        "{:?}",
+        events.lock().unwrap()
+    );
+    bad.shutdown().await;
+    for server in good {
+        server.shutdown().await;
+    }
+}

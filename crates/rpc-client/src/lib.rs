@@ -61,7 +61,7 @@ mod withdrawn;
 
 pub use balance::{
     Balancer, BreakerOpen, Change, CircuitBreaker, ConsistentHash, Failover, OutlierDetection,
-    PeakEwma, ResolveError, Target,
+    PeakEwma, ResolveError, SuccessRate, Target,
 };
 pub use call::{CallOptions, Reply};
 pub use channel::Channel;

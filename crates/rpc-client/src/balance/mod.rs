@@ -50,8 +50,8 @@ use rng::PickRng;
 
 pub(crate) use breaker::BreakerState;
 pub use breaker::{BreakerOpen, CircuitBreaker};
-pub use outlier::OutlierDetection;
 pub(crate) use outlier::OutlierState;
+pub use outlier::{OutlierDetection, SuccessRate};
 pub use policy::{Balancer, ConsistentHash, Failover, PeakEwma};
 pub(crate) use ring::stable_hash;
 pub use target::{Change, ResolveError, Target};
@@ -81,6 +81,8 @@ struct Shared {
     discovery: Discovery,
     /// The priority tier calls go to (primary/backup).
     active_tier: AtomicU8,
+    /// When the success-rate rule last compared the endpoints (nanoseconds since `epoch`).
+    last_sweep: AtomicU64,
 }
 
 /// The discovery source, until the first call starts it.
@@ -182,6 +184,7 @@ impl Balance {
                 started: AtomicBool::new(false),
                 discovery: Discovery(Mutex::new(discovery)),
                 active_tier: AtomicU8::new(0),
+                last_sweep: AtomicU64::new(0),
             }),
         }
     }
@@ -433,6 +436,60 @@ impl Shared {
 }
 
 impl Shared {
+    /// Once per success-rate interval (whoever sees it due first): compares the endpoints'
+    /// success rates over the interval and ejects the outliers.
+    fn sweep_success_rates(&self, config: &OutlierDetection, rule: &SuccessRate, at: u64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let interval = u64::try_from(rule.interval.as_nanos()).unwrap_or(u64::MAX);
+        if at.saturating_sub(last) < interval
+            || self
+                .last_sweep
+                .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let set = self.set.load();
+        let counts: Vec<(u32, u32)> = set
+            .endpoints
+            .iter()
+            .map(|e| e.outlier.take_interval())
+            .collect();
+        for i in outlier::success_rate_outliers(rule, &counts) {
+            let Some(endpoint) = set.endpoints.get(i) else {
+                continue;
+            };
+            let ejected = set
+                .endpoints
+                .iter()
+                .filter(|e| e.outlier.is_ejected(at))
+                .count();
+            if !outlier::may_eject_another(config, ejected, set.endpoints.len()) {
+                break;
+            }
+            if let outlier::Transition::Ejected {
+                times,
+                for_how_long,
+            } = endpoint.outlier.eject(config, at)
+            {
+                let (attempts, failures) = counts.get(i).copied().unwrap_or_default();
+                warn!(
+                    addr = %endpoint.addr(),
+                    attempts,
+                    failures,
+                    times,
+                    ?for_how_long,
+                    "endpoint ejected: its success rate is an outlier"
+                );
+                self.config.observer.emit(ClusterEvent::Ejected {
+                    addr: endpoint.addr(),
+                    times,
+                    for_how_long,
+                });
+            }
+        }
+    }
+
     /// Outlier ejection's bookkeeping for one attempt's result.
     fn judge(&self, endpoint: &Endpoint, result: &Result<Reply, Error>, ended: Instant) {
         let at = outlier::since(self.epoch, ended);
@@ -464,6 +521,16 @@ impl Shared {
         let Some(config) = &self.config.outlier else {
             return;
         };
+        if let Some(rule) = &config.success_rate {
+            if let Err(err) = result {
+                if err.outcome() != Outcome::NotSent {
+                    endpoint.outlier.count(outlier::counts_against(err));
+                }
+            } else {
+                endpoint.outlier.count(false);
+            }
+            self.sweep_success_rates(config, rule, at);
+        }
         let transition = match result {
             Ok(_) => endpoint.outlier.succeeded(),
             Err(err) if outlier::counts_against(err) => endpoint.outlier.failed(config, at, || {

@@ -34,6 +34,104 @@ pub struct OutlierDetection {
     pub(crate) max_ejection: Duration,
     pub(crate) max_ejected_percent: u32,
     pub(crate) panic_threshold_percent: u32,
+    pub(crate) success_rate: Option<SuccessRate>,
+}
+
+/// Envoy's success-rate rule: every `interval`, among the endpoints with at least
+/// `request_volume` attempts in it, if there are at least `minimum_hosts`, eject those whose
+/// success rate is below the mean less `stdev_factor` standard deviations. It catches a server
+/// that fails often but never 5 times in a row.
+#[derive(Clone, Copy, Debug)]
+pub struct SuccessRate {
+    pub(crate) interval: Duration,
+    pub(crate) minimum_hosts: usize,
+    pub(crate) request_volume: u32,
+    pub(crate) stdev_factor: f64,
+}
+
+impl SuccessRate {
+    /// Envoy's defaults: every 10 s, at least 5 endpoints with at least 100 attempts each,
+    /// 1.9 standard deviations.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            minimum_hosts: 5,
+            request_volume: 100,
+            stdev_factor: 1.9,
+        }
+    }
+
+    /// How often the rates are compared. Default 10 s; at least 10 ms.
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Endpoints with enough attempts needed for the rule to apply. Default 5.
+    #[must_use]
+    pub fn minimum_hosts(mut self, hosts: usize) -> Self {
+        self.minimum_hosts = hosts.max(2);
+        self
+    }
+
+    /// Attempts an endpoint needs in an interval to count. Default 100.
+    #[must_use]
+    pub fn request_volume(mut self, attempts: u32) -> Self {
+        self.request_volume = attempts.max(1);
+        self
+    }
+
+    /// How many standard deviations below the mean eject. Default 1.9 (Envoy).
+    #[must_use]
+    pub fn stdev_factor(mut self, factor: f64) -> Self {
+        self.stdev_factor = if factor.is_finite() {
+            factor.max(0.0)
+        } else {
+            1.9
+        };
+        self
+    }
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Of endpoints' (attempts, failures) in an interval, the indices the success-rate rule ejects.
+pub(crate) fn success_rate_outliers(config: &SuccessRate, counts: &[(u32, u32)]) -> Vec<usize> {
+    let rates: Vec<(usize, f64)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, (attempts, _))| *attempts >= config.request_volume)
+        .map(|(i, &(attempts, failures))| {
+            (
+                i,
+                1.0 - f64::from(failures.min(attempts)) / f64::from(attempts),
+            )
+        })
+        .collect();
+    if rates.len() < config.minimum_hosts {
+        return Vec::new();
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a handful of endpoints")]
+    let n = rates.len() as f64;
+    let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / n;
+    let deviation = (rates
+        .iter()
+        .map(|(_, r)| (r - mean) * (r - mean))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    let threshold = mean - config.stdev_factor * deviation;
+    rates
+        .into_iter()
+        .filter(|&(_, rate)| rate < threshold)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 impl OutlierDetection {
@@ -47,7 +145,22 @@ impl OutlierDetection {
             max_ejection: Duration::from_secs(300),
             max_ejected_percent: 50,
             panic_threshold_percent: 50,
+            success_rate: Some(SuccessRate::new()),
         }
+    }
+
+    /// The success-rate rule's settings. Default [`SuccessRate::new`] (Envoy's).
+    #[must_use]
+    pub fn success_rate(mut self, rule: SuccessRate) -> Self {
+        self.success_rate = Some(rule);
+        self
+    }
+
+    /// No success-rate rule: only failures in a row eject.
+    #[must_use]
+    pub fn without_success_rate(mut self) -> Self {
+        self.success_rate = None;
+        self
     }
 
     /// Failures in a row that eject an endpoint. Default 5 (Envoy, gRPC, Finagle). At least 1.
@@ -132,6 +245,9 @@ pub(crate) enum Transition {
 /// One endpoint's ejection state.
 #[derive(Debug, Default)]
 pub(crate) struct OutlierState {
+    /// Attempts and failures (that count) in the current success-rate interval.
+    interval_attempts: AtomicU32,
+    interval_failures: AtomicU32,
     failures: AtomicU32,
     /// Ejected until this many nanoseconds after the channel's epoch; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -143,6 +259,38 @@ impl OutlierState {
     /// Whether the endpoint is out of rotation at `at` (nanoseconds since the epoch).
     pub(crate) fn is_ejected(&self, at: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > at
+    }
+
+    /// Counts an attempt (and whether it failed) for the success-rate rule.
+    pub(crate) fn count(&self, failed: bool) {
+        self.interval_attempts.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.interval_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The interval's (attempts, failures), starting the next interval.
+    pub(crate) fn take_interval(&self) -> (u32, u32) {
+        (
+            self.interval_attempts.swap(0, Ordering::Relaxed),
+            self.interval_failures.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// Ejects now, whatever the failures in a row (the success-rate rule).
+    pub(crate) fn eject(&self, config: &OutlierDetection, at: u64) -> Transition {
+        if self.is_ejected(at) {
+            return Transition::None;
+        }
+        let times = self.times.fetch_add(1, Ordering::Relaxed) + 1;
+        let for_how_long = config.ejection_time(times);
+        let until = at.saturating_add(u64::try_from(for_how_long.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until.max(1), Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        Transition::Ejected {
+            times,
+            for_how_long,
+        }
     }
 
     /// Records a success: a probation ends, the failure count starts again.
@@ -177,15 +325,7 @@ impl OutlierState {
         if !may_eject() {
             return Transition::None;
         }
-        let times = self.times.fetch_add(1, Ordering::Relaxed) + 1;
-        let for_how_long = config.ejection_time(times);
-        let until = at.saturating_add(u64::try_from(for_how_long.as_nanos()).unwrap_or(u64::MAX));
-        self.ejected_until.store(until.max(1), Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        Transition::Ejected {
-            times,
-            for_how_long,
-        }
+        self.eject(config, at)
     }
 }
 
@@ -286,6 +426,23 @@ mod tests {
         assert!(!in_panic(&config, 2, 4));
         assert!(in_panic(&config, 1, 1));
         assert!(!in_panic(&config.panic_threshold_percent(0), 3, 3));
+    }
+
+    #[test]
+    fn the_success_rate_rule_ejects_the_outlier_among_enough_busy_endpoints() {
+        let rule = SuccessRate::new().request_volume(100);
+        // Four at 100 %, one at 50 %: with five, a lone outlier is 2 deviations below the mean.
+        let counts = [(200, 0), (200, 0), (150, 75), (200, 0), (200, 0)];
+        assert_eq!(success_rate_outliers(&rule, &counts), [2]);
+        // Under the volume, an endpoint is not judged, and four are too few.
+        let counts = [(200, 0), (200, 0), (99, 90), (200, 0), (200, 0)];
+        assert!(success_rate_outliers(&rule, &counts).is_empty());
+        // All alike: nobody is an outlier.
+        let counts = [(200, 20); 6];
+        assert!(success_rate_outliers(&rule, &counts).is_empty());
+        // Spread evenly: nothing below 1.9 deviations.
+        let counts = [(100, 0), (100, 5), (100, 10), (100, 15), (100, 20)];
+        assert!(success_rate_outliers(&rule, &counts).is_empty());
     }
 
     #[test]
