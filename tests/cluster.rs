@@ -752,10 +752,17 @@ async fn an_endpoint_failing_5_times_in_a_row_is_ejected_then_probed_and_ejected
         "ejected after 5 failures in a row"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    for _ in 0..40 {
+    // Time up: a probe (new connection, handshake, PING) passes within a few calls; then, on
+    // probation, one more call, which fails and ejects it for 2 s.
+    for _ in 0..200 {
+        who(&channel, idempotent()).await;
+        if b_calls.load(Ordering::SeqCst) > 5 {
+            break;
+        }
+    }
+    for _ in 0..20 {
         who(&channel, idempotent()).await;
     }
-    // Probation: one more call, which fails and ejects it for 2 s.
     assert_eq!(b_calls.load(Ordering::SeqCst), 6);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..20 {
@@ -775,6 +782,7 @@ async fn an_endpoint_failing_5_times_in_a_row_is_ejected_then_probed_and_ejected
                 times: 1,
                 for_how_long: Duration::from_secs(1)
             },
+            ClusterEvent::Probed { addr },
             ClusterEvent::Ejected {
                 addr,
                 times: 2,
@@ -1710,4 +1718,90 @@ async fn a_server_failing_every_other_call_is_ejected_by_the_success_rate_rule()
     for server in good {
         server.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_endpoint_that_accepts_tcp_but_does_not_answer_stays_ejected() {
+    let (a, _) = named("a").await;
+    let (b, b_calls, b_failing) = switchable("b").await;
+    b_failing.store(false, Ordering::SeqCst);
+    // b behind the proxy: pausing it holds every byte, as a stopped process's kernel does.
+    let proxy = Proxy::start(b.local_addr(), support::chaos_seed("probe"))
+        .await
+        .unwrap();
+    let (events, observer) = recorder();
+    let channel = Channel::cluster([a.local_addr(), proxy.local_addr()])
+        .balancer(Balancer::RoundRobin)
+        .outlier_detection(
+            keel::client::OutlierDetection::new().base_ejection_time(Duration::from_millis(300)),
+        )
+        .disable_circuit_breaker()
+        .connect_timeout(Duration::from_millis(500))
+        .on_event(observer)
+        .build();
+    warm_up(&channel).await;
+    b_failing.store(true, Ordering::SeqCst);
+    let ejected = || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ClusterEvent::Ejected { .. }))
+    };
+    for _ in 0..100 {
+        if ejected() {
+            break;
+        }
+        who(&channel, options().idempotent(true)).await;
+    }
+    assert!(ejected());
+    // Ejected; now b's path holds bytes: a probe connects (the proxy accepts) but gets no
+    // handshake, so b stays out, ejected again for longer after each failed probe.
+    proxy.pause();
+    b_failing.store(false, Ordering::SeqCst);
+    let at_pause = b_calls.load(Ordering::SeqCst);
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(who(&channel, options().idempotent(true)).await, "a");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        b_calls.load(Ordering::SeqCst),
+        at_pause,
+        "no call reached b while it held bytes"
+    );
+    let failed_probes = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, ClusterEvent::Ejected { times, .. } if *times >= 2))
+        .count();
+    assert!(failed_probes >= 1, "{:?}", events.lock().unwrap());
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ClusterEvent::Probed { .. })),
+        "no probe passed while it held bytes"
+    );
+    // Answering again: a probe passes, then a call on probation succeeds and readmits it.
+    proxy.resume();
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut back = false;
+    while tokio::time::Instant::now() < until && !back {
+        back = who(&channel, options().idempotent(true)).await == "b";
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(back, "b never came back: {:?}", events.lock().unwrap());
+    let events = events.lock().unwrap().clone();
+    let probed = events
+        .iter()
+        .position(|e| matches!(e, ClusterEvent::Probed { .. }));
+    let readmitted = events
+        .iter()
+        .position(|e| matches!(e, ClusterEvent::Readmitted { .. }));
+    assert!(probed.is_some() && readmitted > probed, "{events:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -177,7 +177,11 @@ impl std::error::Error for ConnectionError {
 #[derive(Debug)]
 pub(crate) enum Command {
     Call(CallCommand),
-    Cancel { call_id: u64 },
+    Cancel {
+        call_id: u64,
+    },
+    /// Send a PING and report when its PONG comes (a readmission probe).
+    Probe(oneshot::Sender<()>),
 }
 
 #[derive(Debug)]
@@ -384,6 +388,7 @@ pub(crate) async fn connect(
         detector,
         observer: config.observer.clone(),
         pings_sent: 0,
+        probes: Vec::new(),
         pongs_seen: 0,
         withdrawn: Withdrawals::default(),
         retiring: false,
@@ -461,6 +466,8 @@ struct Connection {
     observer: Observer,
     /// PINGs sent so far: each PING's opaque bytes are its number.
     pings_sent: u64,
+    /// Probes waiting for the PONG of their PING (by its number).
+    probes: Vec<(u64, oneshot::Sender<()>)>,
     /// The highest PING number a PONG answered.
     pongs_seen: u64,
     /// A withdrawn call was held past its bound: this connection takes no new calls and closes
@@ -482,6 +489,10 @@ impl Connection {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Call(call) => self.on_call(call),
+            Command::Probe(answered) => {
+                self.send_ping();
+                self.probes.push((self.pings_sent, answered));
+            }
             Command::Cancel { call_id } => {
                 if let Some(pending) = self.pending.remove(&call_id) {
                     self.withdraw(call_id, &pending);
@@ -772,6 +783,16 @@ impl Connection {
             return;
         }
         self.pongs_seen = number;
+        if !self.probes.is_empty() {
+            // A PONG answers every PING before it.
+            let (answered, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.probes)
+                .into_iter()
+                .partition(|(ping, _)| *ping <= number);
+            self.probes = waiting;
+            for (_, answered) in answered {
+                let _ = answered.send(());
+            }
+        }
         if self.withdrawn.ponged(number) > 0 {
             self.admit_waiting();
         }

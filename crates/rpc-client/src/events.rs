@@ -43,6 +43,12 @@ pub enum ClusterEvent {
         /// For how long.
         for_how_long: Duration,
     },
+    /// An ejected endpoint's time was up and its readmission probe passed (a new connection,
+    /// its handshake, a PING answered): it is picked again, on probation.
+    Probed {
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// An ejected endpoint's attempt succeeded: it is back in rotation.
     Readmitted {
         /// Its address.

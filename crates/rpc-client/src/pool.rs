@@ -20,6 +20,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use rpc_core::{Deadline, Error, Outcome, StatusCode};
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::ClientConfig;
-use crate::connection::{ConnectionError, ConnectionHandle, Usable, connect};
+use crate::connection::{Command, ConnectionError, ConnectionHandle, Usable, connect};
 use crate::latency::LatencyTracker;
 use crate::stack::ConnectionId;
 
@@ -227,6 +228,33 @@ impl Pool {
             state.connector_running = true;
             tokio::spawn(run_connector(Arc::downgrade(&self.inner)));
         }
+    }
+
+    /// A readmission probe: a new connection (TCP connect and full handshake) and a PING
+    /// answered on it, within `timeout`. A TCP connect alone proves nothing: the kernel accepts
+    /// connections for a stopped process. The probe's connection is closed afterwards.
+    pub(crate) async fn probe(&self, timeout: Duration) -> bool {
+        let inner = &self.inner;
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let probe = async {
+            let conn = connect(
+                inner.addr,
+                &inner.config,
+                timeout,
+                id,
+                Arc::clone(&inner.latency),
+            )
+            .await
+            .ok()?;
+            let (answered, pong) = tokio::sync::oneshot::channel();
+            conn.commands.send(Command::Probe(answered)).ok()?;
+            pong.await.ok()
+        };
+        matches!(
+            tokio::time::timeout_at(started + timeout, probe).await,
+            Ok(Some(()))
+        )
     }
 
     /// The connection plain calls use now, if there is one.

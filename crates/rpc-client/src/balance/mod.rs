@@ -387,6 +387,13 @@ impl Shared {
             return endpoints.iter().find(|e| e.id == pinned).cloned();
         }
         let at = outlier::since(self.epoch, now);
+        if self.config.outlier.is_some() {
+            for endpoint in endpoints {
+                if endpoint.outlier.claim_probe(at) {
+                    self.start_probe(endpoint);
+                }
+            }
+        }
         let ejected = |e: &Endpoint| e.outlier.is_ejected(at);
         let out = match &self.config.outlier {
             Some(config) => {
@@ -436,6 +443,38 @@ impl Shared {
 }
 
 impl Shared {
+    /// An ejected endpoint's time is up: before it is picked again, a probe (a new connection,
+    /// its handshake, a PING answered) must pass. Failed, the endpoint is ejected again.
+    fn start_probe(&self, endpoint: &Arc<Endpoint>) {
+        let endpoint = Arc::clone(endpoint);
+        let (config, epoch) = (Arc::clone(&self.config), self.epoch);
+        tokio::spawn(async move {
+            let passed = endpoint.dispatch.pool.probe(config.connect_timeout).await;
+            let Some(outliers) = &config.outlier else {
+                return;
+            };
+            let at = outlier::since(epoch, Instant::now());
+            let addr = endpoint.addr();
+            match endpoint.outlier.probed(passed, outliers, at) {
+                outlier::Transition::Ejected {
+                    times,
+                    for_how_long,
+                } => {
+                    warn!(%addr, times, ?for_how_long, "readmission probe failed: ejected again");
+                    config.observer.emit(ClusterEvent::Ejected {
+                        addr,
+                        times,
+                        for_how_long,
+                    });
+                }
+                _ => {
+                    info!(%addr, "readmission probe answered: on probation");
+                    config.observer.emit(ClusterEvent::Probed { addr });
+                }
+            }
+        });
+    }
+
     /// Once per success-rate interval (whoever sees it due first): compares the endpoints'
     /// success rates over the interval and ejects the outliers.
     fn sweep_success_rates(&self, config: &OutlierDetection, rule: &SuccessRate, at: u64) {

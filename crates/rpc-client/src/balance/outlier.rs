@@ -3,14 +3,15 @@
 //!
 //! An endpoint whose attempts fail [`OutlierDetection::consecutive_failures`] times in a row is
 //! ejected: no balancer picks it for the base ejection time × the number of times it has been
-//! ejected (capped). When the time is up it is on probation: picked again, but its next failure
-//! ejects it at once, for longer; its next success clears it. Ejection never takes out more than
+//! ejected (capped). When the time is up, a probe runs: a new connection, its handshake and a
+//! PING answered. Failed, the endpoint is ejected again, for longer; passed, it is on probation:
+//! picked again, but its next failure ejects it at once, for longer; its next success clears it. Ejection never takes out more than
 //! [`OutlierDetection::max_ejected_percent`] of the endpoints (at least one may always be
 //! ejected), and when fewer than [`OutlierDetection::panic_threshold_percent`] are healthy the
 //! balancer ignores ejection altogether (Envoy's panic mode): sending to a failing endpoint beats
 //! sending nowhere.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rpc_core::{Error, Outcome, StatusCode};
@@ -253,12 +254,55 @@ pub(crate) struct OutlierState {
     ejected_until: AtomicU64,
     /// Times ejected so far.
     times: AtomicU32,
+    /// The readmission probe after an ejection: [`PROBE_IDLE`], running, or passed.
+    probe: AtomicU8,
 }
 
+/// No probe since the last ejection.
+const PROBE_IDLE: u8 = 0;
+const PROBE_RUNNING: u8 = 1;
+const PROBE_PASSED: u8 = 2;
+
 impl OutlierState {
-    /// Whether the endpoint is out of rotation at `at` (nanoseconds since the epoch).
+    /// Whether the endpoint is out of rotation at `at` (nanoseconds since the epoch): its
+    /// ejection time is not over, or it is and no readmission probe has passed yet.
     pub(crate) fn is_ejected(&self, at: u64) -> bool {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => false,
+            until => until > at || self.probe.load(Ordering::Relaxed) != PROBE_PASSED,
+        }
+    }
+
+    /// Whether the ejection time is not over at `at`.
+    fn in_ejection_time(&self, at: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > at
+    }
+
+    /// Whether a readmission probe should start now (the ejection time is over and none ran):
+    /// true for one caller only.
+    pub(crate) fn claim_probe(&self, at: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0
+            && until <= at
+            && self
+                .probe
+                .compare_exchange(
+                    PROBE_IDLE,
+                    PROBE_RUNNING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// The probe's result: passed, the endpoint is picked again (on probation); failed, it is
+    /// ejected again, for longer.
+    pub(crate) fn probed(&self, passed: bool, config: &OutlierDetection, at: u64) -> Transition {
+        if passed {
+            self.probe.store(PROBE_PASSED, Ordering::Relaxed);
+            return Transition::None;
+        }
+        self.eject(config, at)
     }
 
     /// Counts an attempt (and whether it failed) for the success-rate rule.
@@ -279,13 +323,14 @@ impl OutlierState {
 
     /// Ejects now, whatever the failures in a row (the success-rate rule).
     pub(crate) fn eject(&self, config: &OutlierDetection, at: u64) -> Transition {
-        if self.is_ejected(at) {
+        if self.in_ejection_time(at) {
             return Transition::None;
         }
         let times = self.times.fetch_add(1, Ordering::Relaxed) + 1;
         let for_how_long = config.ejection_time(times);
         let until = at.saturating_add(u64::try_from(for_how_long.as_nanos()).unwrap_or(u64::MAX));
         self.ejected_until.store(until.max(1), Ordering::Relaxed);
+        self.probe.store(PROBE_IDLE, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         Transition::Ejected {
             times,
@@ -319,7 +364,7 @@ impl OutlierState {
     ) -> Transition {
         let on_probation = self.ejected_until.load(Ordering::Relaxed) != 0;
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.is_ejected(at) || (failures < config.consecutive_failures && !on_probation) {
+        if self.in_ejection_time(at) || (failures < config.consecutive_failures && !on_probation) {
             return Transition::None;
         }
         if !may_eject() {
@@ -367,6 +412,12 @@ mod tests {
             }
         );
         assert!(state.is_ejected(29 * SECOND));
+        // Time up: still out until a probe passes, and one caller runs it.
+        assert!(state.is_ejected(30 * SECOND));
+        assert!(!state.claim_probe(29 * SECOND));
+        assert!(state.claim_probe(30 * SECOND));
+        assert!(!state.claim_probe(30 * SECOND), "one probe at a time");
+        assert_eq!(state.probed(true, &config, 30 * SECOND), Transition::None);
         assert!(!state.is_ejected(30 * SECOND));
         // On probation after 30 s: one failure ejects again, for twice as long.
         assert_eq!(
@@ -377,13 +428,24 @@ mod tests {
             }
         );
         assert!(state.is_ejected(90 * SECOND));
+        // A failed probe ejects again, for longer still.
+        assert!(state.claim_probe(91 * SECOND));
+        assert_eq!(
+            state.probed(false, &config, 91 * SECOND),
+            Transition::Ejected {
+                times: 3,
+                for_how_long: Duration::from_secs(90)
+            }
+        );
+        assert!(state.claim_probe(181 * SECOND));
+        state.probed(true, &config, 181 * SECOND);
         // After that, a success readmits and clears the count.
         assert_eq!(state.succeeded(), Transition::Readmitted);
-        assert!(!state.is_ejected(92 * SECOND));
+        assert!(!state.is_ejected(182 * SECOND));
         assert_eq!(state.succeeded(), Transition::None);
         for _ in 0..4 {
             assert_eq!(
-                state.failed(&config, 100 * SECOND, || true),
+                state.failed(&config, 200 * SECOND, || true),
                 Transition::None
             );
         }
@@ -393,7 +455,8 @@ mod tests {
         for n in 0..20u64 {
             let _ = state.failed(&capped, n * 1000 * SECOND, || true);
         }
-        assert!(!state.is_ejected(19_000 * SECOND + 300 * SECOND));
+        assert!(!state.claim_probe(19_000 * SECOND + 299 * SECOND));
+        assert!(state.claim_probe(19_000 * SECOND + 300 * SECOND));
     }
 
     #[test]
