@@ -403,6 +403,30 @@ impl Journaled {
     }
 }
 
+/// How many times each `echo` text ran, over the servers' journals.
+fn echo_runs(journals: &[std::path::PathBuf]) -> HashMap<String, usize> {
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for journal in journals {
+        for line in journal_lines(journal) {
+            if let Some(text) = line.strip_prefix("echo ") {
+                *runs.entry(text.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    runs
+}
+
+/// A failed non-idempotent call is honest: one not reported as MAYBE_EXECUTED did not run.
+fn assert_honest(runs: &HashMap<String, usize>, text: &str, err: &Error) {
+    if err.outcome() != Outcome::MaybeExecuted {
+        assert!(
+            !runs.contains_key(text),
+            "{text} failed {:?} but ran",
+            err.outcome()
+        );
+    }
+}
+
 fn journal_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -491,14 +515,7 @@ async fn a_killed_server_process_costs_no_idempotent_call_and_runs_no_call_twice
 
     // Non-idempotent calls: none ran twice, every success ran once, and a failure that says it
     // did not run did not.
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for journal in &journals {
-        for line in journal_lines(journal) {
-            if let Some(text) = line.strip_prefix("echo ") {
-                *runs.entry(text.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let runs = echo_runs(&journals);
     assert!(runs.values().all(|&n| n == 1), "a handler ran twice");
     for text in &succeeded_plain {
         assert_eq!(
@@ -1197,14 +1214,7 @@ async fn kill_and_restart_hang_and_kill_for_good_with_defaults_lose_no_idempoten
         "{stopped_bytes} bytes sent to the stopped server"
     );
 
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for journal in &journals {
-        for line in journal_lines(journal) {
-            if let Some(text) = line.strip_prefix("echo ") {
-                *runs.entry(text.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let runs = echo_runs(&journals);
     assert!(
         runs.values().all(|&n| n == 1),
         "a non-idempotent handler ran twice"
@@ -1221,13 +1231,7 @@ async fn kill_and_restart_hang_and_kill_for_good_with_defaults_lose_no_idempoten
                 plain_failed += 1;
                 // Only a call that may have run is reported as such; one said not to have run
                 // must not have.
-                if err.outcome() != Outcome::MaybeExecuted {
-                    assert!(
-                        !runs.contains_key(text),
-                        "{text} failed {:?} but ran",
-                        err.outcome()
-                    );
-                }
+                assert_honest(&runs, text, err);
             }
         }
     }
@@ -1514,14 +1518,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
     for caller in callers {
         results.extend(caller.await.unwrap());
     }
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for journal in &journals {
-        for line in journal_lines(journal) {
-            if let Some(text) = line.strip_prefix("echo ") {
-                *runs.entry(text.to_owned()).or_default() += 1;
-            }
-        }
-    }
+    let runs = echo_runs(&journals);
     // The results' texts carry " at <time>"; the journals have the text alone.
     let results: Vec<_> = results
         .into_iter()
@@ -1556,13 +1553,7 @@ async fn harsh_run(duration: Duration, seed: u64) {
     );
     for (_, text, _, result) in &plain {
         if let Err(err) = result {
-            if err.outcome() != Outcome::MaybeExecuted {
-                assert!(
-                    !runs.contains_key(text),
-                    "{text} failed {:?} but ran",
-                    err.outcome()
-                );
-            }
+            assert_honest(&runs, text, err);
         }
     }
     assert!(
