@@ -73,9 +73,9 @@ impl Channel {
     /// use rpc_client::{Channel, Target};
     ///
     /// let channel = Channel::cluster([
-    ///     Target::from("10.0.0.1:7000"),
-    ///     Target::from("10.0.0.2:7000"),
-    ///     Target::name("backup.internal:7000").weight(2),
+    ///     Target::from("127.0.0.1:7001"),
+    ///     Target::from("127.0.0.1:7002"),
+    ///     Target::name("127.0.0.1:7003").weight(2),
     /// ])
     /// .build();
     /// # drop(channel);
