@@ -69,8 +69,10 @@ mod tests {
     #[test]
     fn the_hash_is_fixed() {
         // Changing these breaks every deployed client's key placement.
-        assert_eq!(stable_hash(b""), mix(0xcbf2_9ce4_8422_2325));
-        assert_eq!(stable_hash(b"user-42"), stable_hash(b"user-42"));
+        // The values are pinned (computed apart from this code), so a change to the offset,
+        // the prime or the finaliser's constants fails here.
+        assert_eq!(stable_hash(b""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(stable_hash(b"user-42"), 0x7a15_96f0_e94b_5793);
         assert_ne!(stable_hash(b"user-42"), stable_hash(b"user-43"));
     }
 
