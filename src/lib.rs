@@ -65,7 +65,7 @@ pub use rpc_server as server;
 pub use bytes::Bytes;
 pub use rpc_client::{CallOptions, Channel, HedgePolicy, Reply, RetryBudget, RetryPolicy};
 pub use rpc_core::{
-    Bincode, CallContext, Deadline, Error, Idempotency, Metadata, MetadataKey, Outcome,
+    Bincode, CallContext, Deadline, Error, ErrorKind, Idempotency, Metadata, MetadataKey, Outcome,
     PayloadCodec, PayloadError, Status, StatusCode,
 };
 pub use rpc_macros::service;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_core::{Bincode, CallContext, Error, Outcome, PayloadCodec, Status, StatusCode};
+use rpc_core::{Bincode, CallContext, Error, ErrorKind, Outcome, PayloadCodec, Status, StatusCode};
 use rpc_server::{Handler, HandlerFuture};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -114,13 +114,16 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
             format!("{method}: {e}"),
             Outcome::NotSent,
         )
+        .with_kind(ErrorKind::Local)
         .with_source(e)
     })?;
     let options = options.or_defaults(defaults.options());
     let reply = channel.call(method, payload, options).await?;
     codec.decode(&reply.payload).map_err(|e| {
         let message = format!("{method}: the reply does not decode: {e}");
-        Error::from_code(StatusCode::INTERNAL, message, Outcome::Executed).with_source(e)
+        Error::from_code(StatusCode::INTERNAL, message, Outcome::Executed)
+            .with_kind(ErrorKind::Protocol)
+            .with_source(e)
     })
 }
 

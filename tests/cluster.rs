@@ -966,6 +966,7 @@ async fn a_circuit_breaker_opens_on_the_failure_rate_refuses_then_closes_after_a
         (StatusCode::UNAVAILABLE, Outcome::NotSent),
         "{err}"
     );
+    assert_eq!(err.kind(), keel::ErrorKind::BreakerOpen, "{err:?}");
     assert!(err.has_cause::<keel::client::BreakerOpen>(), "{err:?}");
     assert_eq!(
         g_calls.load(Ordering::SeqCst) + h_calls.load(Ordering::SeqCst),

@@ -105,6 +105,7 @@ async fn a_peer_that_goes_silent_after_the_handshake_is_declared_dead_within_the
         "the request was written"
     );
     assert!(err.has_cause::<ConnectionError>(), "{err:?}");
+    assert_eq!(err.kind(), keel::ErrorKind::ConnectionLost);
     assert!(
         matches!(
             std::error::Error::source(&err).and_then(|s| s.downcast_ref::<ConnectionError>()),

@@ -692,6 +692,7 @@ async fn calls_wait_for_a_server_that_comes_up_or_fail_fast_when_told() {
         (StatusCode::UNAVAILABLE, Outcome::NotSent)
     );
     assert!(err.has_cause::<keel::client::NoConnection>());
+    assert_eq!(err.kind(), keel::ErrorKind::Connect);
     // The server comes up on that address: the waiting call goes through.
     let server = support::echo_builder().build().bind(addr).await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap().payload, "late");

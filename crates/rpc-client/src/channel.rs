@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::RngCore;
 use rpc_codec::MethodName;
-use rpc_core::{Error, Idempotency, Outcome, StatusCode};
+use rpc_core::{Error, ErrorKind, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::balance::{Balance, Balancer, Change, Failover, Target};
@@ -170,6 +170,7 @@ impl Channel {
                 e.to_string(),
                 Outcome::NotSent,
             )
+            .with_kind(ErrorKind::Local)
         })?;
         let config = &self.inner.config;
         let request_id = options.dedupe.then(|| {

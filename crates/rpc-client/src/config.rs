@@ -312,7 +312,8 @@ impl ChannelBuilder {
     /// [`CircuitBreaker::new`], Hystrix's rules: at least 20 attempts in 10 s with at least half
     /// failed (as for outlier ejection, plus deadlines passed on the endpoint) open it; open, the
     /// endpoint gets no calls for 5 s; then one trial attempt closes it or opens it again. With
-    /// every endpoint's breaker open, calls fail at once with UNAVAILABLE, NOT_SENT and a
+    /// every endpoint's breaker open, calls fail at once with UNAVAILABLE, NOT_SENT, kind
+    /// [`ErrorKind::BreakerOpen`](rpc_core::ErrorKind::BreakerOpen) and a
     /// [`BreakerOpen`](crate::BreakerOpen) cause, and are not retried.
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.config.breaker = Some(breaker);

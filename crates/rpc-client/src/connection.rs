@@ -26,7 +26,7 @@ use rpc_codec::{
     DecodeError, Decoded, Frame, FrameDecoder, FrameEncoder, GoAway, GoAwayCode, Ping, Request,
     Response, Role, Settings,
 };
-use rpc_core::{Deadline, Error, Outcome, Status, StatusCode};
+use rpc_core::{Deadline, Error, ErrorKind, Outcome, Status, StatusCode};
 use rpc_transport::{
     Beat, HandshakeError, Heartbeat, IDLE_READ_ROOM, WriteQueue, handshake, poll_fill, poll_timer,
 };
@@ -536,6 +536,7 @@ impl Connection {
                     cause.to_string(),
                     Outcome::MaybeExecuted,
                 )
+                .with_kind(ErrorKind::ConnectionLost)
                 .with_source(cause);
                 let _ = pending.reply.send(Err(err));
             }
@@ -631,11 +632,10 @@ impl Connection {
                 self.waiting.len(),
                 self.max_concurrent
             );
-            return call.refuse(Error::from_code(
-                StatusCode::RESOURCE_EXHAUSTED,
-                message,
-                Outcome::NotSent,
-            ));
+            return call.refuse(
+                Error::from_code(StatusCode::RESOURCE_EXHAUSTED, message, Outcome::NotSent)
+                    .with_kind(ErrorKind::Local),
+            );
         }
         let now = self.now;
         let mut call = call;
@@ -649,11 +649,10 @@ impl Connection {
                     "not sent: {left:?} left, and a call waits about {wait:?} for a server slot \
                      here, then takes about {expected:?}"
                 );
-                return call.refuse(Error::from_code(
-                    StatusCode::DEADLINE_EXCEEDED,
-                    message,
-                    Outcome::NotSent,
-                ));
+                return call.refuse(
+                    Error::from_code(StatusCode::DEADLINE_EXCEEDED, message, Outcome::NotSent)
+                        .with_kind(ErrorKind::Deadline),
+                );
             }
         }
         let give_up = call.give_up_at(self.service_time);
@@ -687,7 +686,8 @@ impl Connection {
                 StatusCode::UNAVAILABLE,
                 "the connection is going away",
                 Outcome::NotSent,
-            );
+            )
+            .with_kind(ErrorKind::ConnectionLost);
             let _ = call.reply.send(Err(err));
             return;
         }
@@ -713,9 +713,9 @@ impl Connection {
             }
             Err(err) => {
                 let status = Status::new(StatusCode::RESOURCE_EXHAUSTED, err.to_string());
-                let _ = call
-                    .reply
-                    .send(Err(Error::new(status, Outcome::NotSent).with_source(err)));
+                let _ = call.reply.send(Err(Error::new(status, Outcome::NotSent)
+                    .with_kind(ErrorKind::Local)
+                    .with_source(err)));
             }
         }
     }
@@ -739,7 +739,10 @@ impl Connection {
                 if let Some(reply) = self.complete(rejected.call_id) {
                     let status = Status::new(rejected.status_code(), rejected.to_string());
                     let outcome = rejected.outcome();
-                    let _ = reply.send(Err(Error::new(status, outcome).with_source(rejected)));
+                    let err = Error::new(status, outcome)
+                        .with_kind(ErrorKind::Protocol)
+                        .with_source(rejected);
+                    let _ = reply.send(Err(err));
                 }
             }
         }
@@ -824,6 +827,7 @@ impl Connection {
                     "the server is going away and did not run this call",
                     Outcome::NotExecuted,
                 )
+                .with_kind(ErrorKind::ConnectionLost)
                 .with_source(cause.clone());
                 let _ = reply.send(Err(err));
             }
@@ -845,11 +849,10 @@ impl Connection {
         }
         self.next_give_up = None;
         for call in calls {
-            call.refuse(Error::from_code(
-                StatusCode::UNAVAILABLE,
-                why,
-                Outcome::NotSent,
-            ));
+            call.refuse(
+                Error::from_code(StatusCode::UNAVAILABLE, why, Outcome::NotSent)
+                    .with_kind(ErrorKind::ConnectionLost),
+            );
         }
     }
 
@@ -884,6 +887,7 @@ impl Connection {
         for (id, call) in pending {
             let outcome = self.outcome_of(id, call.batch);
             let err = Error::from_code(StatusCode::UNAVAILABLE, cause.to_string(), outcome)
+                .with_kind(ErrorKind::ConnectionLost)
                 .with_source(cause.clone());
             let _ = call.reply.send(Err(err));
         }
@@ -1145,6 +1149,7 @@ fn too_late(call: &CallCommand, expected: Duration, now: Instant) -> Error {
         call.waited(now),
     );
     Error::from_code(StatusCode::DEADLINE_EXCEEDED, message, Outcome::NotSent)
+        .with_kind(ErrorKind::Deadline)
 }
 
 /// Checks a request against the server's limits before it is queued, so an oversize call fails
@@ -1159,7 +1164,8 @@ pub(crate) fn check_limits(peer: &Settings, request: &Request) -> Result<(), Err
                 peer.max_metadata_size
             ),
             Outcome::NotSent,
-        ));
+        )
+        .with_kind(ErrorKind::Local));
     }
     let body = request.body_len();
     if u32::try_from(body).map_or(true, |body| body > peer.max_frame_size) {
@@ -1170,7 +1176,8 @@ pub(crate) fn check_limits(peer: &Settings, request: &Request) -> Result<(), Err
                 peer.max_frame_size
             ),
             Outcome::NotSent,
-        ));
+        )
+        .with_kind(ErrorKind::Local));
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use rpc_core::{Deadline, Error, Outcome, StatusCode};
+use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -333,7 +333,9 @@ impl Pool {
             addr: self.inner.addr,
             last_failure: state.last_failure.clone(),
         };
-        Error::from_code(code, cause.to_string(), Outcome::NotSent).with_source(cause)
+        Error::from_code(code, cause.to_string(), Outcome::NotSent)
+            .with_kind(ErrorKind::Connect)
+            .with_source(cause)
     }
 }
 

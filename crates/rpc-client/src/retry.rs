@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_core::{BoxError, Error, Idempotency, Outcome, StatusCode};
+use rpc_core::{BoxError, Error, ErrorKind, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tracing::{debug, warn};
 
@@ -108,10 +108,10 @@ fn classify(
     if !outcome.permits_retry(idempotency) || err.code() == StatusCode::DEADLINE_EXCEEDED {
         return Step::Stop;
     }
-    if err.has_cause::<crate::pool::NoConnection>()
-        || err.has_cause::<crate::send::NoDedupeWindow>()
-        || err.has_cause::<crate::balance::BreakerOpen>()
-    {
+    if matches!(
+        err.kind(),
+        ErrorKind::Connect | ErrorKind::NoDedupeWindow | ErrorKind::BreakerOpen
+    ) {
         // The connection wait already ran to its end (deadline or fail-fast), or every
         // endpoint's breaker is open: trying again at once would find the same.
         return Step::Stop;
@@ -174,7 +174,7 @@ impl<S: CallService> Retry<S> {
             };
             *outcome = outcome.combine(err.outcome());
             if let Some(previous) = previous.take() {
-                if err.has_cause::<crate::send::NoDedupeWindow>() {
+                if err.kind() == ErrorKind::NoDedupeWindow {
                     return Err(stopped(previous, StopReason::NoDedupeWindow));
                 }
                 if err.is_deadline_exceeded() && err.outcome() == Outcome::NotSent {
@@ -534,6 +534,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(retry.inner.calls.load(Ordering::SeqCst), 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_failure_kind_alone_decides_which_not_sent_failures_end_the_call() {
+        // Same status and outcome each time: only the kind differs. A finished connection wait,
+        // open breakers and a lost dedupe window end the call; an empty endpoint set (discovery
+        // may fill it) and a connection going away are tried again.
+        for (kind, calls) in [
+            (ErrorKind::Connect, 1),
+            (ErrorKind::BreakerOpen, 1),
+            (ErrorKind::NoDedupeWindow, 1),
+            (ErrorKind::NoEndpoint, 2),
+            (ErrorKind::ConnectionLost, 2),
+        ] {
+            let script = vec![Err(
+                Error::from_code(UNAVAILABLE, "x", Outcome::NotSent).with_kind(kind)
+            )];
+            let retry = layer(script, None);
+            let result = retry.call(attempt(true, Duration::from_secs(5))).await;
+            assert_eq!(
+                retry.inner.calls.load(Ordering::SeqCst),
+                calls,
+                "{kind:?}: attempts"
+            );
+            match result {
+                Ok(_) => assert_eq!(calls, 2, "{kind:?}"),
+                Err(err) => assert_eq!((err.kind(), calls), (kind, 1)),
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

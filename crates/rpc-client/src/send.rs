@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc_codec::{Budget, Request};
 use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY};
-use rpc_core::{Deadline, Error, Outcome, StatusCode};
+use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::oneshot;
 
 use crate::call::{CallSlot, Reply};
@@ -33,7 +33,8 @@ impl CallService for Dispatch {
 
 impl Dispatch {
     /// A connection for `attempt`, waiting for one until its deadline if `wait_for_ready`.
-    /// A failure is NOT_SENT with a [`NoConnection`](crate::NoConnection) cause.
+    /// A failure is NOT_SENT, of kind [`ErrorKind::Connect`], with a
+    /// [`NoConnection`](crate::NoConnection) cause.
     pub(crate) async fn connection(
         &self,
         attempt: &Attempt,
@@ -81,6 +82,7 @@ impl Dispatch {
                 NoDedupeWindow.to_string(),
                 Outcome::MaybeExecuted,
             )
+            .with_kind(ErrorKind::NoDedupeWindow)
             .with_source(NoDedupeWindow));
         }
         let now = tokio::time::Instant::now();
@@ -149,6 +151,7 @@ impl std::error::Error for NoDedupeWindow {}
 
 pub(crate) fn deadline_exceeded(outcome: Outcome) -> Error {
     Error::from_code(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded", outcome)
+        .with_kind(ErrorKind::Deadline)
 }
 
 /// Hands `request` to the connection and waits for its result until `deadline`. Dropping the
@@ -173,7 +176,8 @@ async fn send_and_wait(
             StatusCode::UNAVAILABLE,
             "the connection closed before the call was sent",
             Outcome::NotSent,
-        ));
+        )
+        .with_kind(ErrorKind::ConnectionLost));
     }
     let mut guard = WithdrawOnDrop {
         slot,
@@ -190,7 +194,8 @@ async fn send_and_wait(
             } else {
                 Outcome::MaybeExecuted
             },
-        )),
+        )
+        .with_kind(ErrorKind::ConnectionLost)),
         Err(_elapsed) => {
             guard.armed = false;
             return Err(deadline_exceeded(guard.withdraw()));

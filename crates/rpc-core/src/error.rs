@@ -8,6 +8,40 @@ use crate::{Outcome, Status, StatusCode};
 /// A boxed cause, as kept in an [`Error`]'s source chain.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// Where a failed call failed, as a typed value: what a caller (and keel's own retry layer)
+/// decides from, instead of matching messages or searching the cause chain for private types.
+///
+/// The [`Status`] says what the peer would say; the [`Outcome`] says whether the call may have
+/// run; the kind says which part of the path gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server answered the call with this status, or the error was made from a status alone
+    /// (as a handler makes it). The default for [`Error::new`].
+    Status,
+    /// No connection to a server was ready: connecting kept failing until the deadline, or the
+    /// call failed fast while it did. Trying again at once would wait for the same.
+    Connect,
+    /// Every endpoint the call could go to is held by an open circuit breaker.
+    BreakerOpen,
+    /// The channel has no endpoint to send to (its endpoint set is empty).
+    NoEndpoint,
+    /// The connection broke, went away, or its server stopped answering while the call was
+    /// queued or in flight.
+    ConnectionLost,
+    /// The call's deadline passed on this side, or too little of it was left to send the call.
+    Deadline,
+    /// The peer broke the protocol for this call: its response failed a check or could not be
+    /// read.
+    Protocol,
+    /// The call was refused on this side before anything was sent: a request over the server's
+    /// limits, a payload that could not be encoded, a full connection queue, a bad method name.
+    Local,
+    /// A `#[dedupe]` call that may have run could not be tried again: the server now reachable
+    /// is not the instance whose dedupe window recorded it, so another attempt could run it twice.
+    NoDedupeWindow,
+}
+
 /// Why a call failed: its [`Status`], its retry-safety [`Outcome`] and the cause underneath.
 ///
 /// One pointer wide, so `Result<T, Error>` stays small on the happy path. The cause is kept as a
@@ -31,20 +65,29 @@ pub struct Error {
 struct Inner {
     status: Status,
     outcome: Outcome,
+    kind: ErrorKind,
     source: Option<BoxError>,
 }
 
 impl Error {
-    /// An error with this status and outcome and no cause.
+    /// An error with this status and outcome, of kind [`ErrorKind::Status`], and no cause.
     #[must_use]
     pub fn new(status: Status, outcome: Outcome) -> Self {
         Self {
             inner: Box::new(Inner {
                 status,
                 outcome,
+                kind: ErrorKind::Status,
                 source: None,
             }),
         }
+    }
+
+    /// This error with `kind` as its kind.
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.inner.kind = kind;
+        self
     }
 
     /// Shorthand for `Error::new(Status::new(code, message), outcome)`.
@@ -78,7 +121,10 @@ impl Error {
         if outcome == self.outcome() {
             return self;
         }
-        Self::new(self.status().clone(), outcome).with_source(self)
+        let kind = self.kind();
+        Self::new(self.status().clone(), outcome)
+            .with_kind(kind)
+            .with_source(self)
     }
 
     /// The status: code, message and metadata.
@@ -97,6 +143,12 @@ impl Error {
     #[must_use]
     pub fn outcome(&self) -> Outcome {
         self.inner.outcome
+    }
+
+    /// Which part of the path gave up.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
     }
 
     /// Whether the call failed at its deadline ([`StatusCode::DEADLINE_EXCEEDED`]).
@@ -135,6 +187,7 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("status", &self.inner.status)
             .field("outcome", &self.inner.outcome)
+            .field("kind", &self.inner.kind)
             .field("source", &self.inner.source)
             .finish()
     }
@@ -165,5 +218,19 @@ mod tests {
         assert!(err.has_cause::<std::io::Error>());
         assert!(!err.has_cause::<std::fmt::Error>());
         assert_eq!(err.to_string(), "UNAVAILABLE (NOT_SENT)");
+    }
+
+    #[test]
+    fn the_kind_survives_the_combined_outcome_of_several_attempts() {
+        let err = Error::from_code(StatusCode::UNAVAILABLE, "down", Outcome::NotSent)
+            .with_kind(ErrorKind::Connect);
+        assert_eq!(err.kind(), ErrorKind::Connect);
+        let whole = err.after_attempts(Outcome::MaybeExecuted);
+        assert_eq!(
+            (whole.kind(), whole.outcome()),
+            (ErrorKind::Connect, Outcome::MaybeExecuted)
+        );
+        let handler = Error::from_code(StatusCode::NOT_FOUND, "", Outcome::Executed);
+        assert_eq!(handler.kind(), ErrorKind::Status);
     }
 }

@@ -4,7 +4,7 @@
 //! - [`Outcome`]: whether a failed call may have run on the server (not sent, not executed,
 //!   executed, maybe executed), and [`Outcome::permits_retry`], the one place the retry-safety rule
 //!   lives.
-//! - [`Error`]: what a failed call returns: status, outcome and cause chain.
+//! - [`Error`]: what a failed call returns: status, outcome, [`ErrorKind`] and cause chain.
 //! - [`Deadline`]: an absolute instant locally, a relative budget on the wire.
 //! - [`Metadata`]: validated keys with binary values, and their size on the wire.
 //! - [`CallContext`]: what a handler knows about its call.
@@ -42,7 +42,7 @@ mod status;
 
 pub use context::CallContext;
 pub use deadline::{Deadline, Instant};
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, ErrorKind};
 pub use metadata::{Metadata, MetadataError, MetadataKey};
 pub use outcome::{Idempotency, Outcome};
 pub use payload::{Bincode, DEFAULT_DECODE_LIMIT, PayloadCodec, PayloadError};

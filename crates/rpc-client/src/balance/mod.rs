@@ -32,7 +32,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use futures::stream::{BoxStream, FuturesUnordered};
-use rpc_core::{Error, Outcome, StatusCode};
+use rpc_core::{Error, ErrorKind, Outcome, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -41,7 +41,6 @@ use crate::config::ClientConfig;
 use crate::endpoint::Endpoint;
 use crate::events::ClusterEvent;
 use crate::latency::LatencyTracker;
-use crate::pool::NoConnection;
 use crate::send::NoDedupeWindow;
 use crate::stack::{Attempt, CallService};
 use pick::{PickState, pick};
@@ -759,7 +758,7 @@ impl Shared {
         let outstanding = self.reads_load.then(|| endpoint.load.start());
         let conn = match endpoint.dispatch.connection(&attempt, wait).await {
             Ok(conn) => conn,
-            Err(err) if err.has_cause::<NoConnection>() => {
+            Err(err) if err.kind() == ErrorKind::Connect => {
                 return Placed::NoConnection(err, attempt);
             }
             Err(err) => return Placed::Done(Err(err)),
@@ -797,6 +796,7 @@ fn no_endpoint(attempt: &Attempt, breakers: bool) -> Error {
             NoDedupeWindow.to_string(),
             Outcome::MaybeExecuted,
         )
+        .with_kind(ErrorKind::NoDedupeWindow)
         .with_source(NoDedupeWindow);
     }
     if breakers {
@@ -806,6 +806,7 @@ fn no_endpoint(attempt: &Attempt, breakers: bool) -> Error {
             BreakerOpen.to_string(),
             Outcome::NotSent,
         )
+        .with_kind(ErrorKind::BreakerOpen)
         .with_source(BreakerOpen);
     }
     Error::from_code(
@@ -813,6 +814,7 @@ fn no_endpoint(attempt: &Attempt, breakers: bool) -> Error {
         "no endpoint to send to: the channel's endpoint set is empty",
         Outcome::NotSent,
     )
+    .with_kind(ErrorKind::NoEndpoint)
 }
 
 /// Applies a discovery source's changes until it ends or the channel is gone.
