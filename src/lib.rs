@@ -56,6 +56,7 @@
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+mod schema;
 
 pub use rpc_client as client;
 pub use rpc_codec as codec;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rpc_core::metadata::SCHEMA_KEY;
 use rpc_core::{Bincode, CallContext, Error, ErrorKind, Outcome, PayloadCodec, Status, StatusCode};
 use rpc_server::{Handler, HandlerFuture};
 use serde::Serialize;
@@ -96,6 +97,81 @@ impl MethodDefaults {
     }
 }
 
+/// A method's schema fingerprint (src/schema.rs), computed once per method and side.
+#[derive(Clone, Debug)]
+pub struct Schema {
+    /// The fingerprint as sent, 8 bytes big-endian; `None`: the method is not checked.
+    fingerprint: Option<Bytes>,
+}
+
+impl Schema {
+    /// The fingerprint of `method`, whose arguments are `A` and result `R`. A type the tracer
+    /// cannot read leaves the method unchecked, with a warning once.
+    #[must_use]
+    pub fn of<A: DeserializeOwned, R: DeserializeOwned>(method: &'static str) -> Self {
+        match crate::schema::fingerprint::<A, R>() {
+            Ok(fingerprint) => Self {
+                fingerprint: Some(Bytes::copy_from_slice(&fingerprint.to_be_bytes())),
+            },
+            Err(why) => {
+                tracing::warn!(
+                    method,
+                    "{method}: no schema fingerprint ({why}); client and server types of this \
+                     method are not checked against each other"
+                );
+                Self::off()
+            }
+        }
+    }
+
+    /// [`Schema::of`] for a client method's `static`: computed once per method and process, so
+    /// its 8 bytes are leaked to make every call's copy free (no reference count).
+    #[must_use]
+    pub fn for_client<A: DeserializeOwned, R: DeserializeOwned>(method: &'static str) -> Self {
+        let fingerprint = Self::of::<A, R>(method).fingerprint.map(|bytes| {
+            let leaked: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
+            Bytes::from_static(leaked)
+        });
+        Self { fingerprint }
+    }
+
+    /// No check: `#[no_schema_check]`.
+    #[must_use]
+    pub const fn off() -> Self {
+        Self { fingerprint: None }
+    }
+
+    /// Refuses a call whose client sent a different fingerprint. A client that sent none (a
+    /// raw call, another implementation, `#[no_schema_check]` on its side) is not checked.
+    fn check(&self, method: &str, ctx: &CallContext) -> Result<(), Status> {
+        let (Some(ours), Some(theirs)) = (&self.fingerprint, ctx.metadata().get(SCHEMA_KEY)) else {
+            return Ok(());
+        };
+        if ours == theirs {
+            return Ok(());
+        }
+        Err(Status::new(
+            StatusCode::FAILED_PRECONDITION,
+            format!(
+                "{method}: client and server disagree on this method's argument or result types \
+                 (schema fingerprint {} from the client, {} here); the call was not run. Deploy \
+                 matching versions, or evolve the service as the README's \"Changing a service\" \
+                 says",
+                hex(theirs),
+                hex(ours)
+            ),
+        ))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::from("0x"), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// One typed call: encode the arguments, apply the method's defaults, call, decode the result.
 ///
 /// # Errors
@@ -106,6 +182,7 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
     args: &A,
     options: CallOptions,
     defaults: MethodDefaults,
+    schema: &Schema,
 ) -> Result<R, Error> {
     let codec = Bincode::<{ rpc_core::DEFAULT_DECODE_LIMIT }>;
     let payload = codec.encode(args).map_err(|e| {
@@ -117,7 +194,10 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
         .with_kind(ErrorKind::Local)
         .with_source(e)
     })?;
-    let options = options.or_defaults(defaults.options());
+    let mut options = options.or_defaults(defaults.options());
+    if let Some(fingerprint) = &schema.fingerprint {
+        options = options.schema_fingerprint(fingerprint.clone());
+    }
     let reply = channel.call(method, payload, options).await?;
     codec.decode(&reply.payload).map_err(|e| {
         let message = format!("{method}: the reply does not decode: {e}");
@@ -130,7 +210,12 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
 /// The server side of one typed method: decodes the arguments before anything runs (a failure is
 /// INVALID_ARGUMENT with NOT_EXECUTED), runs the method with the call's context in scope, encodes
 /// its result.
-pub fn handler<S, A, R, F, Fut>(service: Arc<S>, method: &'static str, run: F) -> impl Handler
+pub fn handler<S, A, R, F, Fut>(
+    service: Arc<S>,
+    method: &'static str,
+    schema: Schema,
+    run: F,
+) -> impl Handler
 where
     S: Send + Sync + 'static,
     A: DeserializeOwned + Send + 'static,
@@ -141,6 +226,7 @@ where
     TypedHandler {
         service,
         method,
+        schema,
         run,
         types: PhantomData,
     }
@@ -149,6 +235,7 @@ where
 struct TypedHandler<S, A, R, F> {
     service: Arc<S>,
     method: &'static str,
+    schema: Schema,
     run: F,
     types: PhantomData<fn(A) -> R>,
 }
@@ -162,6 +249,7 @@ where
     Fut: Future<Output = R> + Send + 'static,
 {
     fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
+        self.schema.check(self.method, &ctx)?;
         let codec = Bincode::<{ rpc_core::DEFAULT_DECODE_LIMIT }>;
         let args: A = codec.decode(&payload).map_err(|e| {
             Status::new(

@@ -32,6 +32,7 @@ pub struct CallOptions {
     pub(crate) dedupe: bool,
     pub(crate) hash_key: Option<u64>,
     pub(crate) failover: Option<crate::Failover>,
+    pub(crate) schema: Option<Bytes>,
 }
 
 impl CallOptions {
@@ -114,6 +115,15 @@ impl CallOptions {
     /// it is not retried: the window recorded that result.)
     pub fn dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
+        self
+    }
+
+    /// The method's schema fingerprint, sent as `rpc-schema` (docs/PROTOCOL.md §8): set by the
+    /// code `#[keel::service]` generates, which computes it from the method's types. Not for
+    /// hand-written calls.
+    #[doc(hidden)]
+    pub fn schema_fingerprint(mut self, fingerprint: Bytes) -> Self {
+        self.schema = Some(fingerprint);
         self
     }
 

@@ -204,7 +204,7 @@ impl Channel {
             hash_key: options.hash_key,
             fork,
             metadata: options.metadata,
-            call: Arc::new(CallState::new(request_id)),
+            call: Arc::new(CallState::new(request_id).with_schema(options.schema)),
         };
         if let Some(budget) = &self.inner.budget {
             budget.deposit();

@@ -72,6 +72,8 @@ pub(crate) struct CallState {
     last_connection: AtomicU64,
     /// The id the server's dedupe window knows the call by.
     pub(crate) request_id: Option<Bytes>,
+    /// The method's schema fingerprint, sent as `rpc-schema` with every attempt.
+    pub(crate) schema: Option<Bytes>,
     /// The DEDUPE_INSTANCE of the server an attempt may have run on ([`NOT_RUN`] if none may
     /// have): a retry is deduplicated only by that same instance.
     may_have_run_on: AtomicU64,
@@ -91,6 +93,12 @@ impl CallState {
             may_have_run_on: AtomicU64::new(NOT_RUN),
             ..Self::default()
         }
+    }
+
+    /// This state with the method's schema fingerprint.
+    pub(crate) fn with_schema(mut self, schema: Option<Bytes>) -> Self {
+        self.schema = schema;
+        self
     }
 
     /// Records that an attempt may have run on the server announcing `dedupe_instance`, reached

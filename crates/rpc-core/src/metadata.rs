@@ -23,6 +23,11 @@ pub const ATTEMPT_KEY: &str = "rpc-attempt";
 /// which a server's dedupe window recognises a retry (docs/PROTOCOL.md §14.2).
 pub const REQUEST_ID_KEY: &str = "rpc-request-id";
 
+/// Request metadata: the 8-byte schema fingerprint of a `#[service]` method's argument and result
+/// types, big-endian (docs/PROTOCOL.md §5.8). A server whose fingerprint for the method differs
+/// refuses the call with FAILED_PRECONDITION, NOT_EXECUTED, before decoding it.
+pub const SCHEMA_KEY: &str = "rpc-schema";
+
 /// Response metadata, value `1`: the response is a recorded result of an earlier attempt, replayed
 /// by the server's dedupe window instead of running the handler again.
 pub const REPLAYED_KEY: &str = "rpc-replayed";

@@ -139,6 +139,20 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         .filter(|a| a.path().is_ident("doc"));
     let defaults = method_defaults(method, krate);
     let note = format!(" Calls `{wire}`.");
+    let output_ty = output;
+    let schema = if method.schema_check {
+        quote! {
+            static SCHEMA: ::std::sync::OnceLock<#krate::__private::Schema> =
+                ::std::sync::OnceLock::new();
+            let schema = SCHEMA.get_or_init(|| {
+                #krate::__private::Schema::for_client::<(#(#arg_types,)*), #output_ty>(#wire)
+            });
+        }
+    } else {
+        quote! {
+            let schema = &const { #krate::__private::Schema::off() };
+        }
+    };
     quote! {
         #(#docs)*
         ///
@@ -146,12 +160,14 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         pub async fn #name(&self, #(#arg_names: #arg_types),*)
             -> ::core::result::Result<#output, #krate::Error>
         {
+            #schema
             #krate::__private::call::<_, #output>(
                 &self.channel,
                 #wire,
                 &(#(#arg_names,)*),
                 ::core::clone::Clone::clone(&self.options),
                 #defaults,
+                schema,
             )
             .await
         }
@@ -207,12 +223,19 @@ fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStr
     let wire = format!("{service}.{}", name.unraw());
     let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
+    let output = &method.output;
+    let schema = if method.schema_check {
+        quote!(#krate::__private::Schema::of::<(#(#arg_types,)*), #output>(#wire))
+    } else {
+        quote!(#krate::__private::Schema::off())
+    };
     quote! {
         .register(
             #wire,
             #krate::__private::handler(
                 <::std::sync::Arc<S> as ::core::clone::Clone>::clone(&self.service),
                 #wire,
+                #schema,
                 |service: ::std::sync::Arc<S>, (#(#arg_names,)*): (#(#arg_types,)*)| async move {
                     service.#name(#(#arg_names),*).await
                 },

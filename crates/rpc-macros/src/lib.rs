@@ -10,7 +10,9 @@
 //! Method attributes: `#[idempotent]` sets the wire's IDEMPOTENT flag, and `#[deadline(200ms)]`
 //! (or `2s`) is the method's default deadline. `#[retry(max_attempts = N)]`, `#[no_retry]`,
 //! `#[hedge(...)]` and `#[dedupe]` set its retries, `#[failfast]` and `#[fork(N)]` its failover
-//! across endpoints (`#[fork]` and `#[hedge]` need `#[idempotent]`). Methods are named `Echo.method` on the wire.
+//! across endpoints (`#[fork]` and `#[hedge]` need `#[idempotent]`). `#[no_schema_check]` turns off
+//! the check that client and server agree on the method's types (its schema fingerprint, sent with
+//! every call). Methods are named `Echo.method` on the wire.
 //! `#[service(crate = "path")]` names the facade when it cannot be found in Cargo.toml.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -22,6 +22,8 @@ pub(crate) struct Method {
     pub(crate) retry: RetryAttr,
     pub(crate) hedge: Option<HedgeAttr>,
     pub(crate) failover: FailoverAttr,
+    /// `#[no_schema_check]`.
+    pub(crate) schema_check: bool,
 }
 
 /// A method's `#[failfast]` or `#[fork(N)]`.
@@ -64,6 +66,7 @@ struct Attrs {
     retry: RetryAttr,
     hedge: Option<HedgeAttr>,
     failover: FailoverAttr,
+    no_schema_check: bool,
 }
 
 /// The whole service.
@@ -209,6 +212,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         retry: attrs.retry,
         hedge: attrs.hedge,
         failover: attrs.failover,
+        schema_check: !attrs.no_schema_check,
     })
 }
 
@@ -296,7 +300,8 @@ fn hedge_attribute(attr: &Attribute, errors: &mut Errors) -> Option<HedgeAttr> {
 }
 
 /// Reads `#[idempotent]`, `#[deadline(200ms)]` (units `ms` and `s`), `#[dedupe]`,
-/// `#[retry(max_attempts = N)]`, `#[no_retry]`, `#[hedge(...)]`, `#[failfast]` and `#[fork(N)]`.
+/// `#[retry(max_attempts = N)]`, `#[no_retry]`, `#[hedge(...)]`, `#[failfast]`, `#[fork(N)]` and
+/// `#[no_schema_check]`.
 fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
     let mut out = Attrs::default();
     let mut hedge_span = None;
@@ -322,6 +327,7 @@ fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
         } else if path.is_ident("idempotent")
             || path.is_ident("dedupe")
             || path.is_ident("no_retry")
+            || path.is_ident("no_schema_check")
         {
             if let Err(err) = attr.meta.require_path_only() {
                 let name = path
@@ -335,6 +341,8 @@ fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
             } else if path.is_ident("dedupe") {
                 out.dedupe = true;
                 dedupe_span = Some(attr.span());
+            } else if path.is_ident("no_schema_check") {
+                out.no_schema_check = true;
             } else {
                 out.retry = RetryAttr::Off;
             }
@@ -385,6 +393,7 @@ pub(crate) fn is_ours(attr: &Attribute) -> bool {
         "dedupe",
         "retry",
         "no_retry",
+        "no_schema_check",
         "hedge",
         "failfast",
         "fork",
