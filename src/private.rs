@@ -155,7 +155,7 @@ impl Schema {
             format!(
                 "{method}: client and server disagree on this method's argument or result types \
                  (schema fingerprint {} from the client, {} here); the call was not run. Deploy \
-                 matching versions, or evolve the service as the README's \"Changing a service\" \
+                 matching versions, or change the service as the README's \"Changing a service\" \
                  says",
                 hex(theirs),
                 hex(ours)

@@ -225,6 +225,34 @@ impl Tracer {
         self.open.pop();
     }
 
+    /// Runs `trace` with the named type `name` open.
+    fn within<T>(
+        &mut self,
+        name: &'static str,
+        trace: impl FnOnce(&mut Self) -> Result<T, TraceError>,
+    ) -> Result<T, TraceError> {
+        self.enter(name)?;
+        let result = trace(self);
+        self.leave();
+        result
+    }
+
+    /// Hands `visitor` `len` elements (of a sequence, tuple, struct or variant) and returns what
+    /// it made with each element's shape.
+    fn items<'de, V: Visitor<'de>>(
+        &mut self,
+        len: usize,
+        visitor: V,
+    ) -> Result<(V::Value, Vec<Shape>), TraceError> {
+        let mut items = Vec::new();
+        let value = visitor.visit_seq(Items {
+            tracer: self,
+            left: len,
+            items: &mut items,
+        })?;
+        Ok((value, items))
+    }
+
     fn record_struct(&mut self, name: &'static str, fields: Fields) -> Result<(), TraceError> {
         let merged = match self.containers.remove(name) {
             None => fields,
@@ -428,14 +456,13 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         visitor: V,
     ) -> Result<V::Value, TraceError> {
         let name = std::any::type_name::<V::Value>();
-        self.tracer.enter(name)?;
         let mut inner = Shape::Unknown;
-        let value = visitor.visit_newtype_struct(Tracing {
-            tracer: self.tracer,
-            out: &mut inner,
-        });
-        self.tracer.leave();
-        let value = value?;
+        let value = self.tracer.within(name, |tracer| {
+            visitor.visit_newtype_struct(Tracing {
+                tracer,
+                out: &mut inner,
+            })
+        })?;
         self.tracer.record_struct(name, Fields::Newtype(inner))?;
         *self.out = Shape::Named(name);
         Ok(value)
@@ -443,8 +470,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TraceError> {
         let len = usize::from(!self.tracer.recursing());
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, len, &mut items))?;
+        let (value, mut items) = self.tracer.items(len, visitor)?;
         *self.out = Shape::Seq(Box::new(items.pop().unwrap_or(Shape::Unknown)));
         Ok(value)
     }
@@ -454,8 +480,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, len, &mut items))?;
+        let (value, items) = self.tracer.items(len, visitor)?;
         *self.out = Shape::Tuple(items);
         Ok(value)
     }
@@ -467,11 +492,7 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         visitor: V,
     ) -> Result<V::Value, TraceError> {
         let name = std::any::type_name::<V::Value>();
-        self.tracer.enter(name)?;
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, len, &mut items));
-        self.tracer.leave();
-        let value = value?;
+        let (value, items) = self.tracer.within(name, |t| t.items(len, visitor))?;
         self.tracer.record_struct(name, Fields::Tuple(items))?;
         *self.out = Shape::Named(name);
         Ok(value)
@@ -496,11 +517,9 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
         visitor: V,
     ) -> Result<V::Value, TraceError> {
         let name = std::any::type_name::<V::Value>();
-        self.tracer.enter(name)?;
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, fields.len(), &mut items));
-        self.tracer.leave();
-        let value = value?;
+        let (value, items) = self
+            .tracer
+            .within(name, |t| t.items(fields.len(), visitor))?;
         let named = fields.iter().copied().zip(items).collect();
         self.tracer.record_struct(name, Fields::Named(named))?;
         *self.out = Shape::Named(name);
@@ -518,18 +537,17 @@ impl<'de> de::Deserializer<'de> for Tracing<'_> {
             return Err(TraceError(format!("{name} has no variants")));
         }
         let index = self.tracer.choose(name, variants);
-        self.tracer.enter(name)?;
-        if let Some(open) = self.tracer.open.last_mut() {
-            open.variant = Some(index);
-        }
         let mut fields = None;
-        let value = visitor.visit_enum(Choice {
-            tracer: &mut *self.tracer,
-            index,
-            fields: &mut fields,
-        });
-        self.tracer.leave();
-        let value = value?;
+        let value = self.tracer.within(name, |tracer| {
+            if let Some(open) = tracer.open.last_mut() {
+                open.variant = Some(index);
+            }
+            visitor.visit_enum(Choice {
+                tracer,
+                index,
+                fields: &mut fields,
+            })
+        })?;
         let fields = fields.ok_or_else(|| TraceError(format!("{name}: no variant was read")))?;
         self.tracer.record_variant(name, index, fields)?;
         *self.out = Shape::Named(name);
@@ -548,16 +566,6 @@ struct Items<'t> {
     tracer: &'t mut Tracer,
     left: usize,
     items: &'t mut Vec<Shape>,
-}
-
-impl<'t> Items<'t> {
-    fn new(tracer: &'t mut Tracer, left: usize, items: &'t mut Vec<Shape>) -> Self {
-        Self {
-            tracer,
-            left,
-            items,
-        }
-    }
 }
 
 impl<'de> de::SeqAccess<'de> for Items<'_> {
@@ -670,8 +678,7 @@ impl<'de> de::VariantAccess<'de> for Choice<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, len, &mut items))?;
+        let (value, items) = self.tracer.items(len, visitor)?;
         *self.fields = Some(Fields::Tuple(items));
         Ok(value)
     }
@@ -681,8 +688,7 @@ impl<'de> de::VariantAccess<'de> for Choice<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, TraceError> {
-        let mut items = Vec::new();
-        let value = visitor.visit_seq(Items::new(self.tracer, fields.len(), &mut items))?;
+        let (value, items) = self.tracer.items(fields.len(), visitor)?;
         *self.fields = Some(Fields::Named(fields.iter().copied().zip(items).collect()));
         Ok(value)
     }
