@@ -64,13 +64,15 @@ pub use rpc_core as core;
 pub use rpc_server as server;
 
 pub use bytes::Bytes;
-pub use rpc_client::{CallOptions, Channel, HedgePolicy, Reply, RetryBudget, RetryPolicy};
+pub use rpc_client::{
+    CallOptions, Channel, ChannelBuilder, HedgePolicy, Reply, RetryBudget, RetryPolicy,
+};
 pub use rpc_core::{
     Bincode, CallContext, Deadline, Error, ErrorKind, Idempotency, Metadata, MetadataKey, Outcome,
     PayloadCodec, PayloadError, Status, StatusCode,
 };
 pub use rpc_macros::service;
-pub use rpc_server::{Server, ServerHandle};
+pub use rpc_server::{Server, ServerBuilder, ServerHandle};
 
 /// The README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -184,7 +184,7 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
     defaults: MethodDefaults,
     schema: &Schema,
 ) -> Result<R, Error> {
-    let codec = Bincode::<{ rpc_core::DEFAULT_DECODE_LIMIT }>;
+    let codec = Bincode::with_limit(channel.decode_limit());
     let payload = codec.encode(args).map_err(|e| {
         Error::from_code(
             StatusCode::INVALID_ARGUMENT,
@@ -250,7 +250,7 @@ where
 {
     fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
         self.schema.check(self.method, &ctx)?;
-        let codec = Bincode::<{ rpc_core::DEFAULT_DECODE_LIMIT }>;
+        let codec = Bincode::with_limit(ctx.decode_limit());
         let args: A = codec.decode(&payload).map_err(|e| {
             Status::new(
                 StatusCode::INVALID_ARGUMENT,

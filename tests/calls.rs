@@ -352,7 +352,9 @@ async fn an_oversize_call_fails_locally_naming_both_sizes() {
     );
     assert_eq!(
         err.status().message(),
-        "request body of 100023 bytes exceeds the server's max frame size of 65536 bytes"
+        "Echo.echo: the request body of 100023 bytes (100000 of them the arguments) exceeds the \
+         server's max frame size of 65536 bytes; raise max_frame_size on the server and on the \
+         client (the README's \"How large a value can be\")"
     );
     // The connection is unharmed.
     let reply = channel

@@ -587,9 +587,7 @@ async fn a_blackhole_towards_the_client_is_detected_within_the_heartbeat_bound()
 /// `Echo.sleep`'s arguments, as the example's typed client would encode them.
 fn sleep_args(millis: u64) -> Bytes {
     use keel::PayloadCodec;
-    keel::Bincode::<{ keel::core::DEFAULT_DECODE_LIMIT }>
-        .encode(&(millis,))
-        .unwrap()
+    keel::Bincode::new().encode(&(millis,)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

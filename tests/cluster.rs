@@ -364,7 +364,7 @@ fn names_resolve_at_build_and_a_bad_one_is_a_typed_error() {
     );
 }
 
-const CODEC: keel::Bincode<{ keel::core::DEFAULT_DECODE_LIMIT }> = keel::Bincode;
+const CODEC: keel::Bincode = keel::Bincode::new();
 
 fn args<T: serde::Serialize>(value: T) -> Bytes {
     CODEC.encode(&(value,)).unwrap()

@@ -627,7 +627,7 @@ fn measure_idle_clients() -> (usize, IdleSide) {
         let server = ServerProcess::start(support::echo_example(), Vec::<String>::new())
             .await
             .unwrap();
-        let codec: keel::Bincode<{ keel::core::DEFAULT_DECODE_LIMIT }> = keel::Bincode;
+        let codec = keel::Bincode::new();
         let hello = codec.encode(&("idle?",)).unwrap();
         // What a first connection sets up once for all is set up before the baseline.
         let mut warm = idle_channels(server.addr(), 2, "Echo.echo", hello.clone()).await;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 const PROTOCOL_MD: &str = include_str!("../docs/PROTOCOL.md");
 
 /// The codec `#[service]`-generated code uses on both sides.
-const CODEC: Bincode<DEFAULT_DECODE_LIMIT> = Bincode;
+const CODEC: Bincode = Bincode::new();
 
 /// The bytes of the hex block after `<!-- golden: NAME -->`.
 fn golden(name: &str) -> Vec<u8> {
@@ -524,6 +524,31 @@ fn the_encoding_rules_of_the_section_hold() {
     ));
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Box<Self>),
+}
+
+#[test]
+fn values_nest_at_most_128_deep() {
+    let nested = |levels: usize| {
+        let mut bytes = vec![0x01; levels - 1];
+        bytes.push(0x00);
+        bytes
+    };
+    assert!(decode::<Tree>(&nested(128)).is_ok());
+    assert!(matches!(
+        decode::<Tree>(&nested(129)),
+        Err(PayloadError::Decode(_))
+    ));
+    // Inside an argument tuple, the tuple is the first level.
+    assert!(decode::<(Tree,)>(&nested(127)).is_ok());
+    assert!(decode::<(Tree,)>(&nested(128)).is_err());
+    // A payload nested far deeper is refused, not a stack overflow.
+    assert!(decode::<Tree>(&nested(1_000_000)).is_err());
+}
+
 #[test]
 fn the_decode_limit_counts_decoded_widths_not_payload_bytes() {
     assert_eq!(DEFAULT_DECODE_LIMIT, 16 * 1024 * 1024);
@@ -563,12 +588,35 @@ fn the_decode_limit_counts_decoded_widths_not_payload_bytes() {
         decode::<Vec<u64>>(&[0xfd, 0, 0, 0, 0, 0, 0x01, 0, 0]),
         Err(PayloadError::Decode(_))
     ));
+    // Each element adds at least 1, so a count of zero-width elements is bounded by the limit:
+    // 8 for the count, then 1 per unit.
+    let units = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    assert!(over(decode::<Vec<()>>(&units).map(drop)));
+    assert!(
+        Bincode::with_limit(8 + 1000)
+            .decode::<Vec<()>>(&CODEC.encode(&vec![(); 1000]).unwrap())
+            .is_ok()
+    );
+    assert!(
+        Bincode::with_limit(8 + 999)
+            .decode::<Vec<()>>(&CODEC.encode(&vec![(); 1000]).unwrap())
+            .is_err()
+    );
+    // The limit follows the receiver's frame limit: 4 × MAX_FRAME_SIZE.
+    assert_eq!(
+        Bincode::for_frame_limit(4 * 1024 * 1024).limit(),
+        DEFAULT_DECODE_LIMIT
+    );
+    assert_eq!(
+        Bincode::for_frame_limit(64 * 1024 * 1024).limit(),
+        256 * 1024 * 1024
+    );
     // The widths: the largest limit at which one value still fails, for each kind.
     macro_rules! width {
         ($t:ty, $bytes:expr, $width:literal) => {
-            assert!(Bincode::<$width>.decode::<$t>(&$bytes).is_ok());
+            assert!(Bincode::with_limit($width).decode::<$t>(&$bytes).is_ok());
             assert!(matches!(
-                Bincode::<{ $width - 1 }>.decode::<$t>(&$bytes),
+                Bincode::with_limit($width - 1).decode::<$t>(&$bytes),
                 Err(PayloadError::LimitExceeded { .. })
             ));
         };
@@ -588,5 +636,5 @@ fn the_decode_limit_counts_decoded_widths_not_payload_bytes() {
     width!(String, [0x02, 0x68, 0x69], 10);
     width!(Vec<u8>, [0x02, 0x01, 0x02], 10);
     width!(Vec<u16>, [0x02, 0x01, 0x02], 12);
-    assert!(Bincode::<0>.decode::<()>(&[]).is_ok());
+    assert!(Bincode::with_limit(0).decode::<()>(&[]).is_ok());
 }

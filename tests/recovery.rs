@@ -229,7 +229,7 @@ async fn a_server_process_stopped_for_3_s_is_recovered_from_within_1_s() {
         .await
         .unwrap();
     let channel = Channel::builder(proxy.local_addr()).build();
-    let codec = keel::Bincode::<{ keel::core::DEFAULT_DECODE_LIMIT }>;
+    let codec = keel::Bincode::new();
     let args = move |i: u32| codec.encode(&(format!("call {i}"),)).unwrap();
     let start = Instant::now();
     let stop_at = start + Duration::from_millis(500);

@@ -18,7 +18,7 @@ use keel::{
 };
 use rpc_chaos::{Direction, DropMode, Faults, Proxy, ServerProcess};
 
-const CODEC: keel::Bincode<{ keel::core::DEFAULT_DECODE_LIMIT }> = keel::Bincode;
+const CODEC: keel::Bincode = keel::Bincode::new();
 
 /// Handler runs per payload.
 #[derive(Clone, Debug, Default)]

@@ -225,9 +225,7 @@ async fn retry_and_dedupe_attributes_reach_the_wire() {
         "Flaky.deduped",
         |ctx: keel::CallContext, _: Bytes| async move {
             let has_id = ctx.metadata().get("rpc-request-id").is_some();
-            Ok(keel::Bincode::<{ keel::core::DEFAULT_DECODE_LIMIT }>
-                .encode(&has_id)
-                .unwrap())
+            Ok(keel::Bincode::new().encode(&has_id).unwrap())
         },
     ))
     .await;

@@ -149,6 +149,15 @@ impl Channel {
         self.inner.stack.inner.inner.in_flight()
     }
 
+    /// How much memory decoding a reply's payload may claim, in bytes:
+    /// [`Bincode::for_frame_limit`](rpc_core::Bincode::for_frame_limit) of this channel's
+    /// [`max_frame_size`](crate::ChannelBuilder::max_frame_size) (16 MiB with the default 4 MiB).
+    /// `#[service]` clients decode their results under it.
+    #[must_use]
+    pub fn decode_limit(&self) -> usize {
+        rpc_core::Bincode::for_frame_limit(self.inner.config.max_frame_size).limit()
+    }
+
     /// Calls `method` with `payload`.
     ///
     /// # Errors

@@ -1172,7 +1172,11 @@ pub(crate) fn check_limits(peer: &Settings, request: &Request) -> Result<(), Err
         return Err(Error::from_code(
             StatusCode::RESOURCE_EXHAUSTED,
             format!(
-                "request body of {body} bytes exceeds the server's max frame size of {} bytes",
+                "{}: the request body of {body} bytes ({} of them the arguments) exceeds the \
+                 server's max frame size of {} bytes; raise max_frame_size on the server and on \
+                 the client (the README's \"How large a value can be\")",
+                request.method,
+                request.payload.len(),
                 peer.max_frame_size
             ),
             Outcome::NotSent,

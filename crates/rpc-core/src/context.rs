@@ -29,11 +29,12 @@ pub struct CallContext {
     metadata: Metadata,
     peer_addr: Option<SocketAddr>,
     idempotency: Idempotency,
+    decode_limit: usize,
 }
 
 impl CallContext {
     /// A context for a call of `method`: call id 0, no deadline, no metadata, no peer address,
-    /// not idempotent.
+    /// not idempotent, the default decode limit.
     pub fn new(method: impl Into<String>) -> Self {
         Self {
             call_id: 0,
@@ -42,6 +43,7 @@ impl CallContext {
             metadata: Metadata::new(),
             peer_addr: None,
             idempotency: Idempotency::NonIdempotent,
+            decode_limit: crate::DEFAULT_DECODE_LIMIT,
         }
     }
 
@@ -77,6 +79,13 @@ impl CallContext {
     #[must_use]
     pub fn with_idempotency(mut self, idempotency: Idempotency) -> Self {
         self.idempotency = idempotency;
+        self
+    }
+
+    /// This context with a decode limit of `limit` bytes.
+    #[must_use]
+    pub fn with_decode_limit(mut self, limit: usize) -> Self {
+        self.decode_limit = limit;
         self
     }
 
@@ -119,6 +128,15 @@ impl CallContext {
     #[must_use]
     pub fn idempotency(&self) -> Idempotency {
         self.idempotency
+    }
+
+    /// How much memory decoding this call's payload may claim, in bytes: keel's server sets
+    /// [`Bincode::for_frame_limit`](crate::Bincode::for_frame_limit) of its max frame size (16 MiB
+    /// with the default 4 MiB frames). `#[service]` handlers decode their arguments under it; a
+    /// handler registered directly should too: `Bincode::with_limit(ctx.decode_limit())`.
+    #[must_use]
+    pub fn decode_limit(&self) -> usize {
+        self.decode_limit
     }
 
     /// Which attempt of the client's call this is: 1 for the first, more for a retry or a hedge

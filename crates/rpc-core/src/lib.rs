@@ -45,5 +45,8 @@ pub use deadline::{Deadline, Instant};
 pub use error::{BoxError, Error, ErrorKind};
 pub use metadata::{Metadata, MetadataError, MetadataKey};
 pub use outcome::{Idempotency, Outcome};
-pub use payload::{Bincode, DEFAULT_DECODE_LIMIT, PayloadCodec, PayloadError};
+pub use payload::{
+    Bincode, DECODE_LIMIT_PER_FRAME_BYTE, DEFAULT_DECODE_LIMIT, DecodeError, MAX_DEPTH,
+    PayloadCodec, PayloadError,
+};
 pub use status::{Status, StatusCode};

@@ -408,7 +408,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .with_deadline(deadline)
             .with_metadata(request.metadata)
             .with_peer_addr(self.peer)
-            .with_idempotency(Idempotency::from_flag(request.idempotent));
+            .with_idempotency(Idempotency::from_flag(request.idempotent))
+            .with_decode_limit(
+                rpc_core::Bincode::for_frame_limit(self.config().max_frame_size).limit(),
+            );
         if let Some((table, request_id)) = dedupe {
             return self.on_deduped(&table, &request_id, handler, ctx, request.payload, permit);
         }
@@ -528,7 +531,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // The result breaks the client's limits: say so instead of dropping the call.
             let status = Status::new(
                 StatusCode::RESOURCE_EXHAUSTED,
-                format!("the response could not be sent: {err}"),
+                format!(
+                    "the response could not be sent: {err}; raise max_frame_size on the client \
+                     (the README's \"How large a value can be\")"
+                ),
             );
             let fallback = Response::error(call_id, status, not_executed);
             if let Err(err) = self.queue.push(&Frame::Response(fallback)) {

@@ -6,8 +6,16 @@ use serde::de::DeserializeOwned;
 
 use crate::error::BoxError;
 
-/// The default decode limit of [`Bincode`]: 16 MiB, four times the default max frame size, to
-/// leave room for varint-encoded integers that grow when decoded.
+mod decode;
+
+pub use decode::{DecodeError, MAX_DEPTH};
+
+/// How much memory a decode may claim for each byte of the receiver's frame limit: 4, so the
+/// default 4 MiB frames give the default 16 MiB, room for integers that grow when decoded.
+pub const DECODE_LIMIT_PER_FRAME_BYTE: usize = 4;
+
+/// The default decode limit of [`Bincode`]: 16 MiB, [`DECODE_LIMIT_PER_FRAME_BYTE`] times the
+/// default max frame size of 4 MiB.
 pub const DEFAULT_DECODE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Why a payload could not be serialized or deserialized.
@@ -55,17 +63,25 @@ pub trait PayloadCodec: Clone + Send + Sync + 'static {
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, PayloadError>;
 }
 
-/// bincode 2 (serde) with its standard configuration (little endian, varint integers) and a decode
-/// limit of `LIMIT` bytes.
+/// bincode 2's standard layout (little endian, varint integers; docs/PROTOCOL.md §5.8), decoded
+/// under a limit on the memory the decoded values may claim.
 ///
-/// The limit matters: bincode allocates a claimed collection length up front, so without one a
-/// four-byte payload claiming a 2^60-byte string would abort the process. Byte buffers should be
-/// `bytes::Bytes` or `serde_bytes` types so they encode as one block rather than element by
-/// element.
+/// The limit matters: the bytes come from the network, and a four-byte payload may claim a
+/// 2^60-byte string. Each value decoded counts its width in memory (a `u64` 8, a string its
+/// length plus 8, each element of a sequence at least 1) against one running total, and the decode
+/// fails with [`PayloadError::LimitExceeded`] before the total passes the limit. A length is also
+/// checked against the bytes left before anything is reserved, and values may nest at most
+/// [`MAX_DEPTH`] deep. keel's typed layer decodes under [`Bincode::for_frame_limit`] of the
+/// receiver's max frame size.
+///
+/// Encoding is bincode 2.0.1's own. Decoding is keel's reader of the same layout, because
+/// bincode's limit is fixed at compile time and it reserves a claimed length before checking the
+/// bytes are there. Byte buffers should be `bytes::Bytes` or `serde_bytes` types so they encode as
+/// one block rather than element by element.
 ///
 /// ```
 /// use rpc_core::{Bincode, PayloadCodec, PayloadError};
-/// let codec = Bincode::<1024>;
+/// let codec = Bincode::with_limit(1024);
 /// let bytes = codec.encode(&("hello", 7u32)).unwrap();
 /// let (s, n): (String, u32) = codec.decode(&bytes).unwrap();
 /// assert_eq!((s.as_str(), n), ("hello", 7));
@@ -75,35 +91,65 @@ pub trait PayloadCodec: Clone + Send + Sync + 'static {
 /// let err = codec.decode::<String>(&hostile).unwrap_err();
 /// assert!(matches!(err, PayloadError::LimitExceeded { limit: 1024 }));
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bincode<const LIMIT: usize = DEFAULT_DECODE_LIMIT>;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bincode {
+    limit: usize,
+}
 
-impl<const LIMIT: usize> Bincode<LIMIT> {
-    const fn config() -> bincode::config::Configuration<
-        bincode::config::LittleEndian,
-        bincode::config::Varint,
-        bincode::config::Limit<LIMIT>,
-    > {
-        bincode::config::standard().with_limit::<LIMIT>()
+impl Bincode {
+    /// The codec with the [`DEFAULT_DECODE_LIMIT`] of 16 MiB.
+    pub const fn new() -> Self {
+        Self::with_limit(DEFAULT_DECODE_LIMIT)
+    }
+
+    /// The codec with a decode limit of `limit` bytes.
+    pub const fn with_limit(limit: usize) -> Self {
+        Self { limit }
+    }
+
+    /// The codec whose decode limit follows a receiver's max frame size:
+    /// [`DECODE_LIMIT_PER_FRAME_BYTE`] × `max_frame_size` bytes.
+    ///
+    /// ```
+    /// use rpc_core::{Bincode, DEFAULT_DECODE_LIMIT};
+    /// assert_eq!(Bincode::for_frame_limit(4 * 1024 * 1024).limit(), DEFAULT_DECODE_LIMIT);
+    /// assert_eq!(Bincode::for_frame_limit(64 * 1024 * 1024).limit(), 256 * 1024 * 1024);
+    /// ```
+    pub const fn for_frame_limit(max_frame_size: u32) -> Self {
+        Self::with_limit((max_frame_size as usize).saturating_mul(DECODE_LIMIT_PER_FRAME_BYTE))
+    }
+
+    /// The decode limit in bytes.
+    pub const fn limit(&self) -> usize {
+        self.limit
     }
 }
 
-impl<const LIMIT: usize> PayloadCodec for Bincode<LIMIT> {
+impl Default for Bincode {
+    /// [`Bincode::new`]: the 16 MiB default limit.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl PayloadCodec for Bincode {
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, PayloadError> {
-        bincode::serde::encode_to_vec(value, Self::config())
+        bincode::serde::encode_to_vec(value, bincode_config())
             .map(Bytes::from)
             .map_err(|e| PayloadError::Encode(Box::new(e)))
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, PayloadError> {
-        match bincode::serde::decode_from_slice(bytes, Self::config()) {
+        match decode::from_slice(bytes, self.limit) {
             Ok((value, read)) if read == bytes.len() => Ok(value),
             Ok((_, read)) => Err(PayloadError::TrailingBytes {
                 extra: bytes.len().saturating_sub(read),
             }),
-            Err(bincode::error::DecodeError::LimitExceeded) => {
-                Err(PayloadError::LimitExceeded { limit: LIMIT })
-            }
+            Err(DecodeError::LimitExceeded { limit }) => Err(PayloadError::LimitExceeded { limit }),
             Err(e) => Err(PayloadError::Decode(Box::new(e))),
         }
     }
@@ -124,7 +170,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_refused() {
-        let codec = Bincode::<1024>;
+        let codec = Bincode::with_limit(1024);
         let mut bytes = codec.encode(&5u8).unwrap().to_vec();
         bytes.push(0);
         assert!(matches!(
@@ -136,7 +182,7 @@ mod tests {
     #[test]
     fn bytes_encode_as_one_block() {
         let blob = Bytes::from(vec![0xAB; 1000]);
-        let encoded = Bincode::<4096>.encode(&blob).unwrap();
+        let encoded = Bincode::with_limit(4096).encode(&blob).unwrap();
         // Length prefix (varint, 3 bytes for 1000) and the bytes themselves: no per-element tags.
         assert_eq!(encoded.len(), 3 + 1000);
     }
@@ -153,14 +199,14 @@ mod tests {
                 blob: Bytes::from(blob.clone()),
                 nested: Some(Box::new(Sample { name, tags, blob: Bytes::from(blob), nested: None })),
             };
-            let codec = Bincode::<DEFAULT_DECODE_LIMIT>;
+            let codec = Bincode::new();
             let decoded: Sample = codec.decode(&codec.encode(&value).unwrap()).unwrap();
             prop_assert_eq!(decoded, value);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_or_overallocate(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let codec = Bincode::<65536>;
+            let codec = Bincode::with_limit(65536);
             let _ = codec.decode::<Sample>(&bytes);
             let _ = codec.decode::<Vec<String>>(&bytes);
         }
