@@ -157,7 +157,11 @@ impl<'de> Reader<'de> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8], DecodeError> {
         let bytes = self.bytes;
-        match self.pos.checked_add(n).and_then(|end| bytes.get(self.pos..end)) {
+        match self
+            .pos
+            .checked_add(n)
+            .and_then(|end| bytes.get(self.pos..end))
+        {
             Some(taken) => {
                 self.pos += n;
                 Ok(taken)
