@@ -549,13 +549,9 @@ struct Elements<'a, 'de> {
     left: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
-    type Error = DecodeError;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DecodeError> {
+impl<'de> Elements<'_, 'de> {
+    /// The next element, or map key, while the count lasts.
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DecodeError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -563,10 +559,25 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
         self.reader.element(seed).map(Some)
     }
 
-    fn size_hint(&self) -> Option<usize> {
-        // A hint only: serde caps what it reserves from it, and the count is not yet proven by
-        // the bytes. Never more than the bytes left could hold at one byte per element.
+    /// A hint only: serde caps what it reserves from it, and the count is not yet proven by the
+    /// bytes. Never more than the bytes left could hold at one byte per element.
+    fn hint(&self) -> Option<usize> {
         Some(self.left.min(self.reader.bytes.len() - self.reader.pos))
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = DecodeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DecodeError> {
+        self.next(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.hint()
     }
 }
 
@@ -577,11 +588,7 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, DecodeError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        self.reader.element(seed).map(Some)
+        self.next(seed)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(
@@ -592,7 +599,7 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.reader.bytes.len() - self.reader.pos))
+        self.hint()
     }
 }
 
