@@ -83,7 +83,11 @@ fn decode_in_chunks(role: Role, bytes: &[u8], cuts: &[usize]) -> Vec<Frame> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // A fixed seed, so that every run replays the same cases (the fuzz targets explore).
+    #![proptest_config(ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b65_656c),
+        ..ProptestConfig::with_cases(512)
+    })]
 
     #[test]
     fn every_frame_round_trips(frame in frame()) {
@@ -235,7 +239,11 @@ fn decoders() -> Vec<FrameDecoder> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // A fixed seed, so that every run replays the same cases (the fuzz targets explore).
+    #![proptest_config(ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b65_656c),
+        ..ProptestConfig::with_cases(2000)
+    })]
 
     /// Bounded fuzzing in the normal suite: random bytes, and valid streams with random bytes
     /// overwritten, fed in random chunks to every decoder configuration.

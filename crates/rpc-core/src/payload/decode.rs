@@ -693,6 +693,18 @@ mod tests {
         bincode::serde::decode_from_slice(bytes, config).ok()
     }
 
+    /// What each reader makes of `bytes`, each value re-encoded so that the comparison is
+    /// bit-exact (a NaN read by both is the same NaN, and equal).
+    fn both<T: de::DeserializeOwned + Serialize>(
+        bytes: &[u8],
+    ) -> (Option<(Vec<u8>, usize)>, Option<(Vec<u8>, usize)>) {
+        let reencode = |(value, len): (T, usize)| (encode(&value), len);
+        (
+            ours::<T>(bytes).ok().map(reencode),
+            bincodes::<T>(bytes).map(reencode),
+        )
+    }
+
     fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap()
     }
@@ -792,7 +804,11 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        // A fixed seed, so that every run replays the same cases (the fuzz targets explore).
+    #![proptest_config(ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b65_656c),
+        ..ProptestConfig::with_cases(512)
+    })]
 
         /// Whatever bincode writes, this reader reads back to the same value, and reads all of it.
         #[test]
@@ -807,10 +823,14 @@ mod tests {
         /// refuse. (With no zero-width elements in the type, the limits count the same.)
         #[test]
         fn agrees_with_bincode_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
-            prop_assert_eq!(ours::<Everything>(&bytes).ok(), bincodes::<Everything>(&bytes));
-            prop_assert_eq!(ours::<Vec<Shape>>(&bytes).ok(), bincodes::<Vec<Shape>>(&bytes));
-            prop_assert_eq!(ours::<(u16, i32, String)>(&bytes).ok(), bincodes::<(u16, i32, String)>(&bytes));
-            prop_assert_eq!(ours::<BTreeMap<i64, char>>(&bytes).ok(), bincodes::<BTreeMap<i64, char>>(&bytes));
+            let (a, b) = both::<Everything>(&bytes);
+            prop_assert_eq!(a, b);
+            let (a, b) = both::<Vec<Shape>>(&bytes);
+            prop_assert_eq!(a, b);
+            let (a, b) = both::<(u16, i32, String)>(&bytes);
+            prop_assert_eq!(a, b);
+            let (a, b) = both::<BTreeMap<i64, char>>(&bytes);
+            prop_assert_eq!(a, b);
         }
 
         /// Mutating one byte of a valid encoding never makes the two disagree.
@@ -819,7 +839,8 @@ mod tests {
             let mut bytes = encode(&value);
             let i = at.index(bytes.len());
             bytes[i] = byte;
-            prop_assert_eq!(ours::<Everything>(&bytes).ok(), bincodes::<Everything>(&bytes));
+            let (a, b) = both::<Everything>(&bytes);
+            prop_assert_eq!(a, b);
         }
     }
 
