@@ -56,6 +56,7 @@
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+mod response;
 mod schema;
 
 pub use rpc_client as client;
@@ -64,6 +65,7 @@ pub use rpc_core as core;
 pub use rpc_server as server;
 
 pub use bytes::Bytes;
+pub use response::Response;
 pub use rpc_client::{
     CallOptions, Channel, ChannelBuilder, HedgePolicy, Reply, RetryBudget, RetryPolicy,
 };

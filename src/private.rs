@@ -184,6 +184,23 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
     defaults: MethodDefaults,
     schema: &Schema,
 ) -> Result<R, Error> {
+    call_with_metadata(channel, method, args, options, defaults, schema)
+        .await
+        .map(|response| response.value)
+}
+
+/// [`call`], with the reply's metadata.
+///
+/// # Errors
+/// As [`call`].
+pub async fn call_with_metadata<A: Serialize, R: DeserializeOwned>(
+    channel: &Channel,
+    method: &'static str,
+    args: &A,
+    options: CallOptions,
+    defaults: MethodDefaults,
+    schema: &Schema,
+) -> Result<crate::Response<R>, Error> {
     let codec = Bincode::with_limit(channel.decode_limit());
     let payload = codec.encode(args).map_err(|e| {
         Error::from_code(
@@ -199,17 +216,22 @@ pub async fn call<A: Serialize, R: DeserializeOwned>(
         options = options.schema_fingerprint(fingerprint.clone());
     }
     let reply = channel.call(method, payload, options).await?;
-    codec.decode(&reply.payload).map_err(|e| {
+    let value = codec.decode(&reply.payload).map_err(|e| {
         let message = format!("{method}: the reply does not decode: {e}");
         Error::from_code(StatusCode::INTERNAL, message, Outcome::Executed)
             .with_kind(ErrorKind::Protocol)
             .with_source(e)
+    })?;
+    Ok(crate::Response {
+        value,
+        metadata: reply.metadata,
     })
 }
 
 /// The server side of one typed method: decodes the arguments before anything runs (a failure is
 /// INVALID_ARGUMENT with NOT_EXECUTED), runs the method with the call's context in scope, encodes
-/// its result.
+/// its result. `run` returns the method's value, or the [`Status`] the call fails with (a method
+/// declared `-> Result<T, Status>`; for others the macro wraps the value in `Ok`).
 pub fn handler<S, A, R, F, Fut>(
     service: Arc<S>,
     method: &'static str,
@@ -221,7 +243,7 @@ where
     A: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
     F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {
     TypedHandler {
         service,
@@ -246,7 +268,7 @@ where
     A: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
     F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {
     fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
         self.schema.check(self.method, &ctx)?;
@@ -258,7 +280,7 @@ where
             )
         })?;
         Ok(Box::pin(rpc_server::context::scope(ctx, async move {
-            let result = (self.run)(Arc::clone(&self.service), args).await;
+            let result = (self.run)(Arc::clone(&self.service), args).await?;
             codec.encode(&result).map_err(|e| {
                 Status::new(
                     StatusCode::INTERNAL,

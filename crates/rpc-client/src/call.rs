@@ -30,6 +30,8 @@ pub struct CallOptions {
     pub(crate) hedge: Option<HedgePolicy>,
     pub(crate) wait_for_ready: Option<bool>,
     pub(crate) dedupe: bool,
+    /// The caller's own request id for the dedupe window, instead of a random one.
+    pub(crate) idempotency_key: Option<Bytes>,
     pub(crate) hash_key: Option<u64>,
     pub(crate) failover: Option<crate::Failover>,
     pub(crate) schema: Option<Bytes>,
@@ -68,7 +70,10 @@ impl CallOptions {
         self
     }
 
-    /// Metadata sent with the request.
+    /// Metadata sent with the request. Keys starting `rpc-` are keel's own (attempt numbers,
+    /// request ids, schema fingerprints): a call whose metadata holds one fails before it is
+    /// sent, with INVALID_ARGUMENT and NOT_SENT. For a request id of your own, use
+    /// [`idempotency_key`](Self::idempotency_key).
     pub fn metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
@@ -118,6 +123,21 @@ impl CallOptions {
         self
     }
 
+    /// Dedupes the call (as [`dedupe`](Self::dedupe)) under `key` instead of a random request
+    /// id: calls made with the same key, from this process or another, run at most once on a
+    /// server with a dedupe window while it remembers the key (its `DedupeConfig::ttl`). Use an
+    /// id your application already has for the operation (an order number, a client-generated
+    /// UUID) so that a caller retrying after its own crash is deduplicated too.
+    ///
+    /// The key is sent as `rpc-request-id` and must be 1 to
+    /// [`MAX_REQUEST_ID_LEN`](rpc_core::metadata::MAX_REQUEST_ID_LEN) (64) bytes; otherwise the
+    /// call fails before it is sent, with INVALID_ARGUMENT and NOT_SENT.
+    pub fn idempotency_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.dedupe = true;
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
     /// The method's schema fingerprint, sent as `rpc-schema` (docs/PROTOCOL.md §8): set by the
     /// code `#[keel::service]` generates, which computes it from the method's types. Not for
     /// hand-written calls.
@@ -141,6 +161,7 @@ impl CallOptions {
         self.failover = self.failover.or(defaults.failover);
         self.wait_for_ready = self.wait_for_ready.or(defaults.wait_for_ready);
         self.dedupe |= defaults.dedupe;
+        self.idempotency_key = self.idempotency_key.or(defaults.idempotency_key);
         self
     }
 
@@ -148,6 +169,34 @@ impl CallOptions {
     #[must_use]
     pub fn has_deadline(&self) -> bool {
         self.deadline.is_some() || self.timeout.is_some()
+    }
+
+    /// Refuses what the caller may not send: keel's reserved metadata keys, and a request id of
+    /// the wrong length.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some((key, _)) = self.metadata.iter().find(|(key, _)| key.is_reserved()) {
+            return Err(format!(
+                "metadata key {:?} is reserved for keel (every key starting {:?}); name it \
+                 otherwise{}",
+                key.as_str(),
+                rpc_core::metadata::RESERVED_PREFIX,
+                if key.as_str() == rpc_core::metadata::REQUEST_ID_KEY {
+                    ", or pass the id with CallOptions::idempotency_key"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(key) = &self.idempotency_key {
+            let max = rpc_core::metadata::MAX_REQUEST_ID_LEN;
+            if key.is_empty() || key.len() > max {
+                return Err(format!(
+                    "the idempotency key must be 1 to {max} bytes, got {}",
+                    key.len()
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn resolve_deadline(&self, default: Duration) -> Deadline {
@@ -158,15 +207,6 @@ impl CallOptions {
             (None, _) => from_timeout,
         }
     }
-}
-
-/// A successful call's result: the payload and the response metadata.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reply {
-    /// The serialized result.
-    pub payload: Bytes,
-    /// Metadata the server attached.
-    pub metadata: Metadata,
 }
 
 /// The request is waiting for its connection's writer.

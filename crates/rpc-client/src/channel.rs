@@ -10,8 +10,9 @@ use rpc_codec::MethodName;
 use rpc_core::{Error, ErrorKind, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
+use crate::Reply;
 use crate::balance::{Balance, Balancer, Change, Failover, Target};
-use crate::call::{CallOptions, Reply};
+use crate::call::CallOptions;
 use crate::config::{ChannelBuilder, ClientConfig};
 use crate::hedge::Hedge;
 use crate::latency::LatencyTracker;
@@ -182,11 +183,18 @@ impl Channel {
             .with_kind(ErrorKind::Local)
         })?;
         let config = &self.inner.config;
-        let request_id = options.dedupe.then(|| {
-            let mut id = [0u8; 16];
-            rand::rng().fill_bytes(&mut id);
-            Bytes::copy_from_slice(&id)
-        });
+        options.check().map_err(|message| {
+            Error::from_code(StatusCode::INVALID_ARGUMENT, message, Outcome::NotSent)
+                .with_kind(ErrorKind::Local)
+        })?;
+        let request_id = match options.idempotency_key.clone() {
+            Some(key) => Some(key),
+            None => options.dedupe.then(|| {
+                let mut id = [0u8; 16];
+                rand::rng().fill_bytes(&mut id);
+                Bytes::copy_from_slice(&id)
+            }),
+        };
         let deadline = options.resolve_deadline(config.default_deadline);
         let idempotent = options.idempotency == Some(Idempotency::Idempotent);
         let failover = options.failover.unwrap_or(config.failover);

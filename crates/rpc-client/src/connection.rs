@@ -34,7 +34,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use crate::call::{CallSlot, Reply};
+use crate::Reply;
+use crate::call::CallSlot;
 use crate::config::ClientConfig;
 use crate::connector::BoxIo;
 use crate::events::{ClusterEvent, Observer};
@@ -748,7 +749,7 @@ impl Connection {
         }
     }
 
-    fn on_response(&mut self, response: Response) {
+    fn on_response(&mut self, mut response: Response) {
         let id = response.call_id;
         if id > self.last_call_id {
             let cause = ConnectionError::UnknownCallId {
@@ -765,15 +766,15 @@ impl Connection {
         let result = if response.status.is_ok() {
             Ok(Reply {
                 payload: response.payload,
-                metadata: response.status.metadata().clone(),
+                metadata: std::mem::take(response.status.metadata_mut()),
             })
+        } else if response.not_executed {
+            Err(Error::new(
+                response.status.not_executed(),
+                Outcome::NotExecuted,
+            ))
         } else {
-            let outcome = if response.not_executed {
-                Outcome::NotExecuted
-            } else {
-                Outcome::Executed
-            };
-            Err(Error::new(response.status, outcome))
+            Err(Error::new(response.status, Outcome::Executed))
         };
         let _ = reply.send(result);
     }

@@ -8,7 +8,7 @@ use rpc_core::Error;
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tracing::debug;
 
-use crate::call::Reply;
+use crate::Reply;
 use crate::latency::LatencyTracker;
 use crate::policy::{HedgeDelay, HedgePolicy};
 use crate::stack::{Attempt, CallService};

@@ -63,7 +63,7 @@ pub use balance::{
     Balancer, BreakerOpen, Change, CircuitBreaker, ConsistentHash, Failover, OutlierDetection,
     PeakEwma, ResolveError, SuccessRate, Target,
 };
-pub use call::{CallOptions, Reply};
+pub use call::CallOptions;
 pub use channel::Channel;
 pub use config::ChannelBuilder;
 pub use connection::ConnectionError;
@@ -74,4 +74,5 @@ pub use policy::{
 };
 pub use pool::NoConnection;
 pub use retry::{RetryStopped, StopReason};
+pub use rpc_core::Reply;
 pub use suspicion::PeerSuspected;

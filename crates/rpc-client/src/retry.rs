@@ -9,7 +9,7 @@ use rpc_core::{BoxError, Error, ErrorKind, Idempotency, Outcome, StatusCode};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tracing::{debug, warn};
 
-use crate::call::Reply;
+use crate::Reply;
 use crate::latency::LatencyTracker;
 use crate::policy::{Backoff, RetryPolicy};
 use crate::stack::{Attempt, CallService, RetryChoice};

@@ -9,7 +9,8 @@ use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY, SCHEMA_KEY};
 use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::oneshot;
 
-use crate::call::{CallSlot, Reply};
+use crate::Reply;
+use crate::call::CallSlot;
 use crate::connection::{CallCommand, Command, ConnectionHandle, check_limits};
 use crate::latency::LatencyTracker;
 use crate::pool::Pool;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rpc_codec::MethodName;
 use rpc_core::{Deadline, Error, Idempotency, Metadata, Outcome};
 
-use crate::call::Reply;
+use crate::Reply;
 use crate::policy::{HedgePolicy, RetryPolicy};
 
 /// Identifies one connection of a channel.

@@ -38,6 +38,7 @@ mod error;
 pub mod metadata;
 mod outcome;
 mod payload;
+mod reply;
 mod status;
 
 pub use context::CallContext;
@@ -49,4 +50,5 @@ pub use payload::{
     Bincode, DECODE_LIMIT_PER_FRAME_BYTE, DEFAULT_DECODE_LIMIT, DecodeError, MAX_DEPTH,
     PayloadCodec, PayloadError,
 };
+pub use reply::Reply;
 pub use status::{Status, StatusCode};

@@ -23,6 +23,10 @@ pub const ATTEMPT_KEY: &str = "rpc-attempt";
 /// which a server's dedupe window recognises a retry (docs/PROTOCOL.md §14.2).
 pub const REQUEST_ID_KEY: &str = "rpc-request-id";
 
+/// The longest [`REQUEST_ID_KEY`] value, in bytes; a server's dedupe window refuses an empty or
+/// longer one with INVALID_ARGUMENT, NOT_EXECUTED, and a client refuses to send one.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
 /// Request metadata: the 8-byte schema fingerprint of a `#[service]` method's argument and result
 /// types, big-endian (docs/PROTOCOL.md §5.8). A server whose fingerprint for the method differs
 /// refuses the call with FAILED_PRECONDITION, NOT_EXECUTED, before decoding it.

@@ -134,6 +134,7 @@ pub struct Status {
     code: StatusCode,
     message: String,
     metadata: Metadata,
+    not_executed: bool,
 }
 
 impl Default for StatusCode {
@@ -149,6 +150,7 @@ impl Status {
             code,
             message: message.into(),
             metadata: Metadata::new(),
+            not_executed: false,
         }
     }
 
@@ -163,6 +165,33 @@ impl Status {
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
+    }
+
+    /// This status, declared by a handler that refused the call before changing anything: the
+    /// server sends it with the NOT_EXECUTED flag, so the caller knows the call did not run and
+    /// may retry it anywhere, even a call that is not idempotent. Only for a refusal that
+    /// happened before any of the call's effects (an authorisation check, a full queue, a
+    /// validation); a status returned after the call did part of its work must not be marked.
+    ///
+    /// ```
+    /// use rpc_core::{Status, StatusCode};
+    /// let busy = Status::new(StatusCode::UNAVAILABLE, "queue full").not_executed();
+    /// assert!(busy.is_not_executed());
+    /// assert!(!Status::new(StatusCode::UNAVAILABLE, "lost").is_not_executed());
+    /// ```
+    #[must_use]
+    pub fn not_executed(mut self) -> Self {
+        self.not_executed = true;
+        self
+    }
+
+    /// Whether this status is [`not_executed`](Self::not_executed): declared so by a handler,
+    /// or, on a client, received with the NOT_EXECUTED flag. (A failed call's
+    /// [`Error::outcome`](crate::Error::outcome) is the full answer to "did it run?": it also
+    /// covers calls that were never sent and attempts before the last.)
+    #[must_use]
+    pub fn is_not_executed(&self) -> bool {
+        self.not_executed
     }
 
     /// The code.

@@ -128,24 +128,31 @@ pub(crate) fn generate(service: Service, krate: &TokenStream) -> TokenStream {
 
 fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenStream {
     let name = &method.name;
+    let with_metadata = format_ident!("{}_with_metadata", name.unraw());
     let wire = format!("{service}.{}", name.unraw());
-    let output = &method.output;
+    // What travels: `T` of a `Result<T, Status>` method, whose status becomes the call's error.
+    let value = method.fallible.as_ref().unwrap_or(&method.output);
     let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
-    let docs = method
+    let docs: Vec<_> = method
         .item
         .attrs
         .iter()
-        .filter(|a| a.path().is_ident("doc"));
+        .filter(|a| a.path().is_ident("doc"))
+        .collect();
     let defaults = method_defaults(method, krate);
     let note = format!(" Calls `{wire}`.");
-    let output_ty = output;
+    let metadata_doc = format!(
+        " As [`{name}`](Self::{name}), with the metadata of the reply (`rpc-replayed`, or what \
+         the handler set). Calls `{wire}`.",
+        name = name.unraw()
+    );
     let schema = if method.schema_check {
         quote! {
             static SCHEMA: ::std::sync::OnceLock<#krate::__private::Schema> =
                 ::std::sync::OnceLock::new();
             let schema = SCHEMA.get_or_init(|| {
-                #krate::__private::Schema::for_client::<(#(#arg_types,)*), #output_ty>(#wire)
+                #krate::__private::Schema::for_client::<(#(#arg_types,)*), #value>(#wire)
             });
         }
     } else {
@@ -158,10 +165,26 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         ///
         #[doc = #note]
         pub async fn #name(&self, #(#arg_names: #arg_types),*)
-            -> ::core::result::Result<#output, #krate::Error>
+            -> ::core::result::Result<#value, #krate::Error>
         {
             #schema
-            #krate::__private::call::<_, #output>(
+            #krate::__private::call::<_, #value>(
+                &self.channel,
+                #wire,
+                &(#(#arg_names,)*),
+                ::core::clone::Clone::clone(&self.options),
+                #defaults,
+                schema,
+            )
+            .await
+        }
+
+        #[doc = #metadata_doc]
+        pub async fn #with_metadata(&self, #(#arg_names: #arg_types),*)
+            -> ::core::result::Result<#krate::Response<#value>, #krate::Error>
+        {
+            #schema
+            #krate::__private::call_with_metadata::<_, #value>(
                 &self.channel,
                 #wire,
                 &(#(#arg_names,)*),
@@ -223,11 +246,16 @@ fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStr
     let wire = format!("{service}.{}", name.unraw());
     let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
-    let output = &method.output;
+    let value = method.fallible.as_ref().unwrap_or(&method.output);
     let schema = if method.schema_check {
-        quote!(#krate::__private::Schema::of::<(#(#arg_types,)*), #output>(#wire))
+        quote!(#krate::__private::Schema::of::<(#(#arg_types,)*), #value>(#wire))
     } else {
         quote!(#krate::__private::Schema::off())
+    };
+    let run = if method.fallible.is_some() {
+        quote!(service.#name(#(#arg_names),*).await)
+    } else {
+        quote!(::core::result::Result::Ok(service.#name(#(#arg_names),*).await))
     };
     quote! {
         .register(
@@ -237,7 +265,7 @@ fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStr
                 #wire,
                 #schema,
                 |service: ::std::sync::Arc<S>, (#(#arg_names,)*): (#(#arg_types,)*)| async move {
-                    service.#name(#(#arg_names),*).await
+                    #run
                 },
             ),
         )

@@ -16,6 +16,9 @@ pub(crate) struct Method {
     pub(crate) args: Vec<(Ident, Type)>,
     /// The declared return type; `()` when there is none.
     pub(crate) output: Type,
+    /// `T` of a return type written `Result<T, Status>` (or `keel::Status`): the method fails
+    /// with a wire status, and `T` is what travels.
+    pub(crate) fallible: Option<Type>,
     pub(crate) idempotent: bool,
     pub(crate) deadline: Option<Duration>,
     pub(crate) dedupe: bool,
@@ -197,6 +200,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
+    let fallible = status_result(&output);
     let attrs = method_attributes(&method.attrs, errors);
     if errors.0.is_some() && !before {
         return None;
@@ -206,6 +210,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         name: sig.ident.clone(),
         args,
         output,
+        fallible,
         idempotent: attrs.idempotent,
         deadline: attrs.deadline,
         dedupe: attrs.dedupe,
@@ -214,6 +219,40 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<Method> {
         failover: attrs.failover,
         schema_check: !attrs.no_schema_check,
     })
+}
+
+/// `T` if `ty` is written `Result<T, Status>`: `Result` with any path (`std::result::Result`),
+/// and the error `Status` alone or keel's own (`keel::Status`, `keel::core::Status`,
+/// `rpc_core::Status`). A type of the application's that is named `Status` too can be returned
+/// as a value by writing another path to it (`crate::Status`).
+fn status_result(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if path.qself.is_some() || last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    });
+    let (Some(value), Some(Type::Path(error)), None) = (types.next(), types.next(), types.next())
+    else {
+        return None;
+    };
+    let names: Vec<String> = error
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    let ours = matches!(
+        names.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ["Status"] | ["keel", "Status"] | ["keel", "core", "Status"] | ["rpc_core", "Status"]
+    );
+    (ours && error.qself.is_none()).then(|| value.clone())
 }
 
 /// Reads a duration written `200ms` or `2s`.

@@ -9,19 +9,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable};
-use rpc_core::{CallContext, Deadline, Status, StatusCode};
+use rpc_core::{CallContext, Deadline, Reply, Status, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dedupe::{Runner, Shared, Waiter};
-use crate::handler::{Handler, HandlerFuture, HandlerResult};
+use crate::handler::{Handler, HandlerFuture};
 use crate::limit::CallPermit;
+
+/// A call's result as it is answered: the payload with the response metadata the handler set, or
+/// the status (that metadata merged into it).
+pub(crate) type Answer = Result<Reply, Status>;
 
 /// How a call ended, ready to become its RESPONSE.
 #[derive(Debug)]
 pub(crate) struct CallDone {
     pub(crate) call_id: u64,
-    pub(crate) result: HandlerResult,
+    pub(crate) result: Answer,
     /// True only when the handler never started: the server's NOT_EXECUTED guarantee.
     pub(crate) not_executed: bool,
     /// True when the result is another request's execution (the dedupe window): the RESPONSE
@@ -87,7 +91,11 @@ pub(crate) fn detach(
         tokio::select! {
             biased;
             () = stop.cancelled() => drop(runner),
-            result = execution => runner.finish(result),
+            result = execution => match result {
+                // The handler refused before doing anything: no entry, a later attempt may run.
+                Err(status) if status.is_not_executed() => runner.refuse(status),
+                result => runner.finish(result),
+            },
         }
     });
 }
@@ -128,17 +136,18 @@ pub(crate) fn wait(
 
 /// How a call's work ended, before it becomes a [`CallDone`].
 struct Ending {
-    result: HandlerResult,
+    result: Answer,
     not_executed: bool,
     replayed: bool,
 }
 
 impl Ending {
-    /// The call's own result: the handler ran (or was started), nothing replayed.
-    fn ran(result: HandlerResult) -> Self {
+    /// The call's own result: the handler ran (or was started), nothing replayed. It is
+    /// NOT_EXECUTED only if the handler said so ([`Status::not_executed`]).
+    fn ran(result: Answer) -> Self {
         Self {
+            not_executed: matches!(&result, Err(status) if status.is_not_executed()),
             result,
-            not_executed: false,
             replayed: false,
         }
     }
@@ -182,10 +191,19 @@ fn supervise(
     )
 }
 
-/// A handler's future with a panic contained: it fails only this call, with INTERNAL.
-async fn contain(call_id: u64, work: HandlerFuture) -> HandlerResult {
-    match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(result) => result,
+/// A handler's future with a panic contained (it fails only this call, with INTERNAL), and the
+/// response metadata it set attached to its result.
+async fn contain(call_id: u64, work: HandlerFuture) -> Answer {
+    let (result, metadata) =
+        crate::context::collecting_response_metadata(AssertUnwindSafe(work).catch_unwind()).await;
+    match result {
+        Ok(Ok(payload)) => Ok(Reply { payload, metadata }),
+        Ok(Err(mut status)) => {
+            for (key, value) in metadata.iter() {
+                status.metadata_mut().append(key.clone(), value.clone());
+            }
+            Err(status)
+        }
         Err(panic) => Err(panicked(call_id, &*panic)),
     }
 }

@@ -38,10 +38,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::call::Answer;
 use crate::call::{self, CallDone, CallFuture, RunningCall, dispatch, start};
 use crate::config::ServerConfig;
 use crate::dedupe::{self, Claim, DedupeTable, REQUEST_ID_KEY};
-use crate::handler::{Handler, HandlerResult, Router};
+use crate::handler::{Handler, Router};
 use crate::handshake_pool::{HandshakePool, Ticket};
 use crate::limit::{CallPermit, Limits, Refused};
 
@@ -519,9 +520,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Queues a call's one RESPONSE; `replayed` adds `rpc-replayed: 1` (the dedupe window).
-    fn respond(&mut self, call_id: u64, result: HandlerResult, not_executed: bool, replayed: bool) {
+    fn respond(&mut self, call_id: u64, result: Answer, not_executed: bool, replayed: bool) {
         let mut response = match result {
-            Ok(payload) => Response::ok(call_id, payload),
+            Ok(reply) => {
+                let mut response = Response::ok(call_id, reply.payload);
+                response.status = response.status.with_metadata(reply.metadata);
+                response
+            }
             Err(status) => Response::error(call_id, status, not_executed),
         };
         if replayed {

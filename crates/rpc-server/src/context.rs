@@ -1,12 +1,102 @@
 //! The context of the call being served, for handlers whose signature has no room for it (the
-//! methods of a `#[service]` trait).
+//! methods of a `#[service]` trait), and the metadata a handler attaches to its response.
 
+use std::cell::RefCell;
 use std::future::Future;
 
-use rpc_core::CallContext;
+use bytes::Bytes;
+use rpc_core::metadata::RESERVED_PREFIX;
+use rpc_core::{CallContext, Metadata, MetadataKey};
 
 tokio::task_local! {
     static CURRENT: CallContext;
+    static RESPONSE: RefCell<Metadata>;
+}
+
+/// Why response metadata was not set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseMetadataError {
+    /// The key starts with `rpc-`, which is keel's own (`rpc-replayed`, say).
+    #[error(
+        "response metadata key {key:?} is reserved for keel (every key starting {RESERVED_PREFIX:?}); name it otherwise"
+    )]
+    Reserved {
+        /// The key refused.
+        key: String,
+    },
+    /// Not called while a handler's future was being polled (a task the handler spawned, say):
+    /// there is no response to attach it to.
+    #[error("response metadata can only be set while a handler runs, on its own task")]
+    OutsideHandler,
+}
+
+/// Sets `key` to `value` in the metadata of the response of the call being served, replacing
+/// any value set before; sent with the result, or with the status if the call fails.
+///
+/// Works in any handler, typed or not, while its future is polled (not in a task it spawns).
+///
+/// ```
+/// use bytes::Bytes;
+/// use rpc_core::MetadataKey;
+/// use rpc_server::context::{ResponseMetadataError, insert_response_metadata};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Outside a handler there is no response to set it on:
+/// let key = MetadataKey::from_static("x-cache");
+/// assert_eq!(
+///     insert_response_metadata(key, Bytes::from_static(b"hit")),
+///     Err(ResponseMetadataError::OutsideHandler)
+/// );
+/// # }
+/// ```
+///
+/// # Errors
+/// [`ResponseMetadataError::Reserved`] for a key starting `rpc-`;
+/// [`ResponseMetadataError::OutsideHandler`] outside a handler.
+pub fn insert_response_metadata(
+    key: MetadataKey,
+    value: impl Into<Bytes>,
+) -> Result<(), ResponseMetadataError> {
+    edit_response(key, value.into(), Metadata::insert)
+}
+
+/// Adds `value` under `key` to the metadata of the response of the call being served, after
+/// any values it has; as [`insert_response_metadata`] otherwise.
+///
+/// # Errors
+/// As [`insert_response_metadata`].
+pub fn append_response_metadata(
+    key: MetadataKey,
+    value: impl Into<Bytes>,
+) -> Result<(), ResponseMetadataError> {
+    edit_response(key, value.into(), Metadata::append)
+}
+
+fn edit_response(
+    key: MetadataKey,
+    value: Bytes,
+    edit: fn(&mut Metadata, MetadataKey, Bytes),
+) -> Result<(), ResponseMetadataError> {
+    if key.is_reserved() {
+        return Err(ResponseMetadataError::Reserved {
+            key: key.as_str().to_owned(),
+        });
+    }
+    RESPONSE
+        .try_with(|metadata| edit(&mut metadata.borrow_mut(), key, value))
+        .map_err(|_| ResponseMetadataError::OutsideHandler)
+}
+
+/// Runs a handler's `work` with a response metadata slot in scope; its output comes with the
+/// metadata set while it ran.
+pub(crate) async fn collecting_response_metadata<F: Future>(work: F) -> (F::Output, Metadata) {
+    RESPONSE
+        .scope(RefCell::new(Metadata::new()), async move {
+            let output = work.await;
+            let metadata = RESPONSE.with(RefCell::take);
+            (output, metadata)
+        })
+        .await
 }
 
 /// Runs `work` with `ctx` as the current call context: [`current`] and [`with_current`] called

@@ -20,22 +20,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_core::{Metadata, MetadataKey, Status, StatusCode};
+use rpc_core::{Metadata, MetadataKey, Reply, Status, StatusCode};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::handler::HandlerResult;
+use crate::call::Answer;
 
 /// The metadata keys of the window, defined once in rpc-core: [`REQUEST_ID_KEY`] on a REQUEST (an
 /// opaque id, the same on every attempt of one call; only its first value counts), and
 /// [`REPLAYED_KEY`] (`1`) on a RESPONSE carrying the result of an execution an earlier request
 /// started.
-pub use rpc_core::metadata::{REPLAYED_KEY, REQUEST_ID_KEY};
-
-/// The longest [`REQUEST_ID_KEY`] value accepted, in bytes; an empty or longer one is refused
-/// with INVALID_ARGUMENT and NOT_EXECUTED.
-pub const MAX_REQUEST_ID_LEN: usize = 64;
+pub use rpc_core::metadata::{MAX_REQUEST_ID_LEN, REPLAYED_KEY, REQUEST_ID_KEY};
 
 /// Configures the server-side dedupe window ([`ServerBuilder::dedupe`](crate::ServerBuilder::dedupe)).
 ///
@@ -145,14 +141,14 @@ pub(crate) enum Claim {
     /// An execution with this key is running: wait for its result.
     Join(Waiter),
     /// An execution with this key finished: its recorded result.
-    Replay(HandlerResult),
+    Replay(Answer),
 }
 
 /// How a shared execution ended, as a waiter sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Shared {
     /// The execution's result.
-    Done(HandlerResult),
+    Done(Answer),
     /// `Handler::start` refused the call: nothing ran.
     Refused(Status),
     /// The execution was dropped before it ended (hard stop of the server).
@@ -163,7 +159,7 @@ pub(crate) enum Shared {
 #[derive(Clone, Debug)]
 enum Slot {
     Pending,
-    Done(HandlerResult),
+    Done(Answer),
     Refused(Status),
 }
 
@@ -197,7 +193,7 @@ enum Entry {
     },
     Finished {
         generation: u64,
-        result: HandlerResult,
+        result: Answer,
         cost: usize,
         finished_at: Instant,
     },
@@ -293,7 +289,7 @@ impl DedupeTable {
     }
 
     /// Records the result of the entry `runner` owns, or removes the entry when it cannot be kept.
-    fn record(&self, runner: &Runner, result: &HandlerResult) {
+    fn record(&self, runner: &Runner, result: &Answer) {
         let cost = cost(result);
         // Copied before taking the lock; not at all when it will not be kept.
         let kept = (cost <= self.config.max_bytes).then(|| owned(result));
@@ -440,7 +436,7 @@ impl Runner {
 
     /// The execution ended: record `result` (unless it is too large to keep) and hand it to every
     /// waiter.
-    pub(crate) fn finish(mut self, result: HandlerResult) {
+    pub(crate) fn finish(mut self, result: Answer) {
         self.table.record(&self, &result);
         self.done = true;
         self.sender.send_replace(Slot::Done(result));
@@ -489,30 +485,33 @@ impl Waiter {
 }
 
 /// What a result costs against `max_bytes`.
-fn cost(result: &HandlerResult) -> usize {
+fn cost(result: &Answer) -> usize {
     match result {
-        Ok(payload) => payload.len(),
+        Ok(reply) => reply.payload.len() + reply.metadata.encoded_len(),
         Err(status) => status.message().len() + status.metadata().encoded_len(),
     }
 }
 
 /// A copy of `result` that shares no buffer with anything else, so the table holds only what it
 /// counts (a payload may be a slice of a received frame, and keep all of it alive).
-fn owned(result: &HandlerResult) -> HandlerResult {
+fn owned(result: &Answer) -> Answer {
     fn copy(bytes: &[u8]) -> Bytes {
         Bytes::copy_from_slice(bytes)
     }
+    fn copy_all(metadata: &Metadata) -> Metadata {
+        metadata
+            .iter()
+            .filter_map(|(k, v)| Some((MetadataKey::from_bytes(copy(k.as_bytes())).ok()?, copy(v))))
+            .collect()
+    }
     match result {
-        Ok(payload) => Ok(copy(payload)),
+        Ok(reply) => Ok(Reply {
+            payload: copy(&reply.payload),
+            metadata: copy_all(&reply.metadata),
+        }),
         Err(status) => {
-            let metadata: Metadata = status
-                .metadata()
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((MetadataKey::from_bytes(copy(k.as_bytes())).ok()?, copy(v)))
-                })
-                .collect();
-            Err(Status::new(status.code(), status.message()).with_metadata(metadata))
+            Err(Status::new(status.code(), status.message())
+                .with_metadata(copy_all(status.metadata())))
         }
     }
 }
@@ -544,15 +543,15 @@ mod tests {
         }
     }
 
-    fn replayed(table: &Arc<DedupeTable>, m: &Arc<str>, id: &[u8]) -> HandlerResult {
+    fn replayed(table: &Arc<DedupeTable>, m: &Arc<str>, id: &[u8]) -> Answer {
         match table.claim(m, id) {
             Ok(Claim::Replay(result)) => result,
             other => panic!("expected Replay, got {other:?}"),
         }
     }
 
-    fn ok(bytes: &'static [u8]) -> HandlerResult {
-        Ok(Bytes::from_static(bytes))
+    fn ok(bytes: &'static [u8]) -> Answer {
+        Ok(Reply::from(Bytes::from_static(bytes)))
     }
 
     #[tokio::test(start_paused = true)]
@@ -719,11 +718,11 @@ mod tests {
     #[test]
     fn recorded_results_share_no_buffer() {
         let frame = Bytes::from(vec![1u8; 1024]);
-        let result: HandlerResult = Ok(frame.slice(0..4));
+        let result: Answer = Ok(Reply::from(frame.slice(0..4)));
         let Ok(copy) = owned(&result) else {
             panic!("expected Ok")
         };
-        assert_eq!(&copy[..], &[1, 1, 1, 1]);
-        assert_ne!(copy.as_ptr(), frame.as_ptr());
+        assert_eq!(&copy.payload[..], &[1, 1, 1, 1]);
+        assert_ne!(copy.payload.as_ptr(), frame.as_ptr());
     }
 }

@@ -36,7 +36,7 @@ use rpc_core::{Error, ErrorKind, Outcome, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::call::Reply;
+use crate::Reply;
 use crate::config::ClientConfig;
 use crate::endpoint::Endpoint;
 use crate::events::ClusterEvent;
