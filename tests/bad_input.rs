@@ -603,7 +603,7 @@ async fn a_peer_that_does_not_speak_keel_fails_calls_at_once() {
     );
     assert!(
         err.to_string().contains(&format!(
-            "the peer at {addr} does not speak keel protocol v1"
+            "the peer at {addr} is not a keel server: bad magic"
         )),
         "{err}"
     );

@@ -339,8 +339,8 @@ async fn discovery_adds_and_removes_endpoints_while_calls_run() {
     b.shutdown().await;
 }
 
-#[test]
-fn names_resolve_at_build_and_a_bad_one_is_a_typed_error() {
+#[tokio::test]
+async fn names_resolve_at_build_and_a_bad_one_is_a_typed_error() {
     // Names that need no DNS server: a numeric host is resolved locally.
     let channel = Channel::cluster([
         Target::name("127.0.0.1:7001"),
@@ -354,6 +354,9 @@ fn names_resolve_at_build_and_a_bad_one_is_a_typed_error() {
     let err = Channel::cluster([Target::name("127.0.0.1")])
         .try_build()
         .unwrap_err();
+    let keel::client::BuildError::Resolve(err) = err else {
+        panic!("{err}")
+    };
     assert_eq!(err.name(), "127.0.0.1");
     // build() leaves it out, and the channel has nothing to call.
     assert!(

@@ -153,8 +153,9 @@ async fn a_client_refused_at_the_connection_limit_is_told_the_server_is_overload
         (StatusCode::UNAVAILABLE, Outcome::NotSent)
     );
     assert!(
-        err.to_string()
-            .contains("is overloaded and refused the connection"),
+        err.to_string().contains(
+            "OVERLOADED: the server is overloaded: its limit of 1 connections is reached"
+        ),
         "{err}"
     );
     assert!(err.has_cause::<ConnectionError>());

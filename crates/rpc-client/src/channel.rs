@@ -183,6 +183,15 @@ impl Channel {
             .with_kind(ErrorKind::Local)
         })?;
         let config = &self.inner.config;
+        if let Err(no_runtime) = crate::config::runtime() {
+            // Polled by another executor: keel's connections are tokio tasks.
+            return Err(Error::from_code(
+                StatusCode::FAILED_PRECONDITION,
+                no_runtime.to_string(),
+                Outcome::NotSent,
+            )
+            .with_kind(ErrorKind::Local));
+        }
         options.check().map_err(|message| {
             Error::from_code(StatusCode::INVALID_ARGUMENT, message, Outcome::NotSent)
                 .with_kind(ErrorKind::Local)

@@ -96,12 +96,15 @@ impl ClientConfig {
 /// use std::time::Duration;
 /// use rpc_client::Channel;
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let channel = Channel::builder("127.0.0.1:7000".parse().unwrap())
 ///     .connect_timeout(Duration::from_secs(1))
 ///     .default_deadline(Duration::from_secs(2))
 ///     .heartbeat_interval(Duration::from_millis(500))
 ///     .build();
 /// # drop(channel);
+/// # }
 /// ```
 #[must_use]
 pub struct ChannelBuilder {
@@ -370,7 +373,14 @@ impl ChannelBuilder {
     /// Names among the targets are resolved now, with the system resolver (this blocks while it
     /// runs). A name that does not resolve is left out with a warning; if nothing is left, calls
     /// fail with UNAVAILABLE, NOT_SENT. [`try_build`](Self::try_build) fails instead.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, with a message saying so ([`BuildError::NoRuntime`]): keel's
+    /// connections are tokio tasks. [`try_build`](Self::try_build) returns the error instead.
     pub fn build(self) -> Channel {
+        if let Err(err) = runtime() {
+            panic!("{err}");
+        }
         let mut addrs = Vec::new();
         for target in &self.targets {
             match target.resolve() {
@@ -385,11 +395,13 @@ impl ChannelBuilder {
         Channel::from_parts(&addrs, self.balancer, self.discovery, self.config)
     }
 
-    /// The channel, or the first target name that does not resolve.
+    /// The channel, or why it cannot be built: no tokio runtime, or a target name that does not
+    /// resolve.
     ///
     /// # Errors
-    /// [`ResolveError`] naming the target.
-    pub fn try_build(self) -> Result<Channel, ResolveError> {
+    /// [`BuildError`].
+    pub fn try_build(self) -> Result<Channel, BuildError> {
+        runtime()?;
         let mut addrs = Vec::new();
         for target in &self.targets {
             addrs.extend(
@@ -406,4 +418,50 @@ impl ChannelBuilder {
             self.config,
         ))
     }
+}
+
+/// Why [`ChannelBuilder::try_build`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Not called inside a tokio runtime. Build the channel in one (under `#[tokio::main]`, say);
+    /// keel needs tokio's `rt` (or `rt-multi-thread`) feature, and `macros` for `#[tokio::main]`.
+    NoRuntime,
+    /// A target name did not resolve.
+    Resolve(ResolveError),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoRuntime => f.write_str(
+                "keel needs a tokio runtime: build the channel and make its calls inside one \
+                 (under #[tokio::main], say, with tokio's \"rt-multi-thread\" and \"macros\" \
+                 features)",
+            ),
+            Self::Resolve(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NoRuntime => None,
+            Self::Resolve(err) => Some(err),
+        }
+    }
+}
+
+impl From<ResolveError> for BuildError {
+    fn from(err: ResolveError) -> Self {
+        Self::Resolve(err)
+    }
+}
+
+/// `Ok` inside a tokio runtime.
+pub(crate) fn runtime() -> Result<(), BuildError> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| BuildError::NoRuntime)
 }

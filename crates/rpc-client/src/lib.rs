@@ -65,7 +65,7 @@ pub use balance::{
 };
 pub use call::CallOptions;
 pub use channel::Channel;
-pub use config::ChannelBuilder;
+pub use config::{BuildError, ChannelBuilder};
 pub use connection::ConnectionError;
 pub use connector::{BoxIo, ConnectFuture, Connector, Io, TcpConnector};
 pub use events::ClusterEvent;
@@ -73,6 +73,6 @@ pub use policy::{
     Backoff, HedgeDelay, HedgePolicy, Jitter, MAX_ATTEMPTS_CAP, RetryBudget, RetryPolicy,
 };
 pub use pool::NoConnection;
-pub use retry::{RetryStopped, StopReason};
 pub use rpc_core::Reply;
+pub use rpc_core::{RetryStopped, StopReason};
 pub use suspicion::PeerSuspected;

@@ -39,6 +39,18 @@ use crate::stack::ConnectionId;
 pub struct NoConnection {
     addr: SocketAddr,
     last_failure: Option<ConnectionError>,
+    gave_up: GaveUp,
+}
+
+/// Why the wait for a connection ended.
+#[derive(Clone, Copy, Debug)]
+enum GaveUp {
+    /// The call's deadline passed.
+    Deadline,
+    /// Connecting failed and the call fails fast (wait-for-ready off).
+    FailFast,
+    /// The peer answered, but not as a keel server.
+    NotKeel,
 }
 
 impl NoConnection {
@@ -57,11 +69,18 @@ impl NoConnection {
 
 impl fmt::Display for NoConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no connection to {}", self.addr)?;
-        if let Some(failure) = &self.last_failure {
-            write!(f, " (latest attempt: {failure})")?;
+        // The latest failure is the cause beneath (its root is what keel's `Error` shows).
+        let addr = self.addr;
+        match self.gave_up {
+            GaveUp::Deadline => {
+                write!(f, "no server answered at {addr} within the call's deadline")
+            }
+            GaveUp::FailFast => write!(
+                f,
+                "no connection to {addr} (the call fails fast: wait_for_ready is off)"
+            ),
+            GaveUp::NotKeel => write!(f, "the peer at {addr} is not a keel server"),
         }
-        Ok(())
     }
 }
 
@@ -310,8 +329,19 @@ impl Pool {
                 // reconnect would only spend the deadline. Twice in a row, so that one preface
                 // byte corrupted on the way costs one backoff step, not a burst of failures.
                 let incompatible = state.incompatible_in_a_row >= INCOMPATIBLE_ATTEMPTS;
-                if incompatible || (!wait_for_ready && state.last_failure.is_some()) {
-                    return Err(self.no_connection(&state, StatusCode::UNAVAILABLE));
+                if incompatible {
+                    return Err(self.no_connection(
+                        &state,
+                        StatusCode::UNAVAILABLE,
+                        GaveUp::NotKeel,
+                    ));
+                }
+                if !wait_for_ready && state.last_failure.is_some() {
+                    return Err(self.no_connection(
+                        &state,
+                        StatusCode::UNAVAILABLE,
+                        GaveUp::FailFast,
+                    ));
                 }
             }
             let at = deadline.instant();
@@ -323,15 +353,16 @@ impl Pool {
                 } else {
                     StatusCode::DEADLINE_EXCEEDED
                 };
-                return Err(self.no_connection(&state, code));
+                return Err(self.no_connection(&state, code, GaveUp::Deadline));
             }
         }
     }
 
-    fn no_connection(&self, state: &PoolState, code: StatusCode) -> Error {
+    fn no_connection(&self, state: &PoolState, code: StatusCode, gave_up: GaveUp) -> Error {
         let cause = NoConnection {
             addr: self.inner.addr,
             last_failure: state.last_failure.clone(),
+            gave_up,
         };
         Error::from_code(code, cause.to_string(), Outcome::NotSent)
             .with_kind(ErrorKind::Connect)

@@ -1,11 +1,10 @@
 //! The retry layer: decides, from each failed attempt's outcome, whether the call is tried again,
 //! and keeps every attempt inside the call's one deadline and the channel's retry budget.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_core::{BoxError, Error, ErrorKind, Idempotency, Outcome, StatusCode};
+use rpc_core::{Error, ErrorKind, Idempotency, Outcome, RetryStopped, StatusCode, StopReason};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tracing::{debug, warn};
 
@@ -13,71 +12,6 @@ use crate::Reply;
 use crate::latency::LatencyTracker;
 use crate::policy::{Backoff, RetryPolicy};
 use crate::stack::{Attempt, CallService, RetryChoice};
-
-/// Why the retry layer returned a failure it would otherwise have tried again. It is the cause on
-/// top of the last attempt's error, whose own cause chain continues beneath it.
-#[derive(Debug)]
-pub struct RetryStopped {
-    reason: StopReason,
-    source: Option<BoxError>,
-}
-
-/// Why retrying stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The channel's retry budget is spent: retries are already at their share of the calls.
-    BudgetExhausted,
-    /// The policy's maximum number of attempts was made.
-    AttemptsExhausted {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// The call may have run and relies on a server's dedupe window, but the server now reached
-    /// has none or is a different instance (it restarted): another attempt could run it twice.
-    NoDedupeWindow,
-    /// Another attempt could not finish before the deadline.
-    NoTimeLeft {
-        /// Time left before the deadline.
-        remaining: Duration,
-        /// The backoff wait plus the method's observed latency.
-        needed: Duration,
-    },
-}
-
-impl RetryStopped {
-    /// Why retrying stopped.
-    #[must_use]
-    pub fn reason(&self) -> StopReason {
-        self.reason
-    }
-}
-
-impl fmt::Display for RetryStopped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.reason {
-            StopReason::BudgetExhausted => f.write_str("not retried: the retry budget is spent"),
-            StopReason::NoDedupeWindow => f.write_str(
-                "not retried: the server now reached cannot deduplicate the call (restarted, or no window)",
-            ),
-            StopReason::AttemptsExhausted { attempts } => {
-                write!(f, "not retried: {attempts} attempts made")
-            }
-            StopReason::NoTimeLeft { remaining, needed } => write!(
-                f,
-                "not retried: {remaining:?} left before the deadline, another attempt needs {needed:?}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RetryStopped {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
 
 /// What to do after a failed attempt. The decision is made here and nowhere else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,7 +191,7 @@ impl<S: CallService> Retry<S> {
 }
 
 fn stopped(err: Error, reason: StopReason) -> Error {
-    err.map_source(|source| Box::new(RetryStopped { reason, source }))
+    err.map_source(|source| Box::new(RetryStopped::new(reason, source)))
 }
 
 #[cfg(test)]

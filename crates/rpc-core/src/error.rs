@@ -3,7 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::{Outcome, Status, StatusCode};
+use crate::{Outcome, RetryStopped, Status, StatusCode, StopReason};
 
 /// A boxed cause, as kept in an [`Error`]'s source chain.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -55,7 +55,7 @@ pub enum ErrorKind {
 ///     .with_source(io);
 /// assert_eq!(err.code(), StatusCode::UNAVAILABLE);
 /// assert_eq!(err.outcome(), Outcome::MaybeExecuted);
-/// assert_eq!(err.to_string(), "UNAVAILABLE (MAYBE_EXECUTED): connection lost");
+/// assert_eq!(err.to_string(), "UNAVAILABLE (MAYBE_EXECUTED): connection lost: reset by peer");
 /// assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "reset by peer");
 /// ```
 pub struct Error {
@@ -157,6 +157,53 @@ impl Error {
         self.code() == StatusCode::DEADLINE_EXCEEDED
     }
 
+    /// Whether no connection to a server could be had ([`ErrorKind::Connect`]): connecting kept
+    /// failing until the deadline, or failed while the call failed fast. Nothing was sent.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        self.kind() == ErrorKind::Connect
+    }
+
+    /// Whether the call was cancelled ([`StatusCode::CANCELLED`]): by the server (a CANCEL it
+    /// answered, a drain), or by a handler that returned that status.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.code() == StatusCode::CANCELLED
+    }
+
+    /// Whether the call may have run on the server: its outcome is EXECUTED or
+    /// MAYBE_EXECUTED. A call for which this is false certainly did not run, and can be tried
+    /// again whatever it does.
+    #[must_use]
+    pub fn may_have_run(&self) -> bool {
+        matches!(self.outcome(), Outcome::Executed | Outcome::MaybeExecuted)
+    }
+
+    /// Why the client's retry layer stopped retrying this call, if that is why it failed
+    /// (rather than because the failure was not retryable at all).
+    ///
+    /// ```
+    /// use rpc_core::{Error, Outcome, RetryStopped, StatusCode, StopReason};
+    /// let err = Error::from_code(StatusCode::UNAVAILABLE, "connection lost", Outcome::MaybeExecuted)
+    ///     .map_source(|cause| Box::new(RetryStopped::new(StopReason::BudgetExhausted, cause)));
+    /// assert_eq!(err.retry_stopped(), Some(StopReason::BudgetExhausted));
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "UNAVAILABLE (MAYBE_EXECUTED): connection lost (not retried: the retry budget is spent)"
+    /// );
+    /// ```
+    #[must_use]
+    pub fn retry_stopped(&self) -> Option<StopReason> {
+        self.causes()
+            .find_map(|cause| cause.downcast_ref::<RetryStopped>())
+            .map(RetryStopped::reason)
+    }
+
+    /// The cause chain beneath this error, nearest first.
+    fn causes(&self) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+        std::iter::successors(StdError::source(self), |cause| (*cause).source())
+    }
+
     /// Whether anything in the cause chain is of type `E`.
     #[must_use]
     pub fn has_cause<E: StdError + 'static>(&self) -> bool {
@@ -171,14 +218,54 @@ impl Error {
     }
 }
 
+/// Shows the status, the outcome and the message, then the root cause of the chain (the error
+/// at its bottom, "Connection refused (os error 111)", say) unless the message already says it,
+/// then why retrying stopped, if it did: one line with everything a log reader needs, each part
+/// once. The alternate form (`{:#}`) adds every cause of the chain on a line of its own.
+///
+/// ```
+/// use rpc_core::{Error, Outcome, StatusCode};
+/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+/// let err = Error::from_code(StatusCode::UNAVAILABLE, "no server at 127.0.0.1:9", Outcome::NotSent)
+///     .with_source(refused);
+/// assert_eq!(err.to_string(), "UNAVAILABLE (NOT_SENT): no server at 127.0.0.1:9: connection refused");
+/// ```
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let status = &self.inner.status;
+        let message = status.message();
         write!(f, "{} ({})", status.code(), self.inner.outcome)?;
-        if !status.message().is_empty() {
-            write!(f, ": {}", status.message())?;
+        if !message.is_empty() {
+            write!(f, ": {message}")?;
+        }
+        let said = |text: &str| text.is_empty() || message.contains(text);
+        if let Some(root) = self.causes().last() {
+            let text = cause_text(root);
+            if !root.is::<RetryStopped>() && !said(&text) {
+                write!(f, ": {text}")?;
+            }
+        }
+        if let Some(stopped) = self.causes().find_map(|c| c.downcast_ref::<RetryStopped>()) {
+            write!(f, " ({stopped})")?;
+        }
+        if f.alternate() {
+            for cause in self.causes() {
+                let text = cause_text(cause);
+                if !said(&text) {
+                    write!(f, "\n  caused by: {text}")?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// What a cause says for itself: a keel [`Error`] in the chain (an earlier attempt's) by its
+/// message alone, so that status and outcome are not repeated.
+fn cause_text(cause: &(dyn StdError + 'static)) -> String {
+    match cause.downcast_ref::<Error>() {
+        Some(err) => err.status().message().to_owned(),
+        None => cause.to_string(),
     }
 }
 
@@ -217,7 +304,7 @@ mod tests {
         let err = Error::from_code(StatusCode::UNAVAILABLE, "", Outcome::NotSent).with_source(io);
         assert!(err.has_cause::<std::io::Error>());
         assert!(!err.has_cause::<std::fmt::Error>());
-        assert_eq!(err.to_string(), "UNAVAILABLE (NOT_SENT)");
+        assert_eq!(err.to_string(), "UNAVAILABLE (NOT_SENT): no answer");
     }
 
     #[test]

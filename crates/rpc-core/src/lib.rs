@@ -39,6 +39,7 @@ pub mod metadata;
 mod outcome;
 mod payload;
 mod reply;
+mod retry_stop;
 mod status;
 
 pub use context::CallContext;
@@ -51,4 +52,5 @@ pub use payload::{
     PayloadCodec, PayloadError,
 };
 pub use reply::Reply;
+pub use retry_stop::{RetryStopped, StopReason};
 pub use status::{Status, StatusCode};

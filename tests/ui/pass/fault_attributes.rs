@@ -19,6 +19,8 @@ trait Ledger {
 
 fn main() {
     fn assert_client(_: &LedgerClient) {}
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let _inside = runtime.enter();
     let channel = keel::Channel::builder("127.0.0.1:1".parse().unwrap()).build();
     assert_client(&LedgerClient::new(channel));
 }

@@ -25,7 +25,12 @@ pub trait Shapes {
     #[idempotent]
     #[deadline(150ms)]
     async fn both(&self, p: Point) -> Result<(), MoveError>;
+    /// Fails with a wire status: the client returns `Result<Point, keel::Error>`.
+    async fn status(&self) -> Result<Point, keel::Status>;
+    async fn bare_status(&self, a: u8) -> std::result::Result<u8, Status>;
 }
+
+use keel::Status;
 
 struct Impl;
 
@@ -43,12 +48,21 @@ impl Shapes for Impl {
     async fn slow(&self) -> Result<Point, MoveError> {
         Err(MoveError::OffTheMap)
     }
+    async fn status(&self) -> Result<Point, keel::Status> {
+        Err(Status::new(keel::StatusCode::NOT_FOUND, "none").not_executed())
+    }
+    async fn bare_status(&self, a: u8) -> std::result::Result<u8, Status> {
+        Ok(a)
+    }
     async fn both(&self, _p: Point) -> Result<(), MoveError> {
         Ok(())
     }
 }
 
 fn main() {
+    // A channel is built inside a tokio runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let _inside = runtime.enter();
     let _server = keel::Server::builder().add_service(ShapesServer::new(Impl));
     let channel = keel::Channel::builder("127.0.0.1:1".parse().unwrap()).build();
     let client = ShapesClient::new(channel);
@@ -56,5 +70,9 @@ fn main() {
     let _future = async move {
         let _: Result<(), keel::Error> = client.nothing().await;
         let _: Result<Result<Point, MoveError>, keel::Error> = client.slow().await;
+        let _: Result<Point, keel::Error> = client.status().await;
+        let _: Result<u8, keel::Error> = client.bare_status(1).await;
+        let reply: Result<keel::Response<u8>, keel::Error> = client.one_with_metadata(1).await;
+        let _: Option<bool> = reply.ok().map(|r| r.replayed());
     };
 }

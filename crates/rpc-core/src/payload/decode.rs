@@ -693,11 +693,12 @@ mod tests {
         bincode::serde::decode_from_slice(bytes, config).ok()
     }
 
+    /// A value read, re-encoded, and the bytes it took.
+    type Read = (Vec<u8>, usize);
+
     /// What each reader makes of `bytes`, each value re-encoded so that the comparison is
     /// bit-exact (a NaN read by both is the same NaN, and equal).
-    fn both<T: de::DeserializeOwned + Serialize>(
-        bytes: &[u8],
-    ) -> (Option<(Vec<u8>, usize)>, Option<(Vec<u8>, usize)>) {
+    fn both<T: de::DeserializeOwned + Serialize>(bytes: &[u8]) -> (Option<Read>, Option<Read>) {
         let reencode = |(value, len): (T, usize)| (encode(&value), len);
         (
             ours::<T>(bytes).ok().map(reencode),
