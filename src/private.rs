@@ -15,6 +15,53 @@ use serde::de::DeserializeOwned;
 use crate::{CallOptions, Channel};
 use rpc_client::HedgePolicy;
 
+/// What every argument and result type of a `#[service]` method must be: serde's `Serialize`
+/// and `Deserialize`. The generated code asks for this (not for serde's traits directly), so a
+/// type that cannot travel is reported as such, by name, with what to do about it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel in a keel call: argument and result types must implement serde's `Serialize` and `Deserialize`",
+    label = "this type is sent over the wire",
+    note = "derive them on the type: `#[derive(serde::Serialize, serde::Deserialize)]` (serde with its `derive` feature), or use a type that has them"
+)]
+pub trait Wire: Serialize + DeserializeOwned {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> Wire for T {}
+
+/// A method's arguments as one tuple, each element [`Wire`]: a bad argument is reported as its
+/// own type, not as the tuple.
+#[diagnostic::on_unimplemented(
+    message = "the arguments `{Self}` cannot travel in a keel call",
+    note = "each argument type must implement serde's `Serialize` and `Deserialize`; at most 16 arguments"
+)]
+pub trait Args: Serialize + DeserializeOwned {}
+
+macro_rules! args_tuples {
+    ($(($($t:ident),*))*) => {
+        $(impl<$($t: Wire),*> Args for ($($t,)*) {})*
+    };
+}
+
+args_tuples! {
+    ()
+    (A)
+    (A, B)
+    (A, B, C)
+    (A, B, C, D)
+    (A, B, C, D, E)
+    (A, B, C, D, E, F)
+    (A, B, C, D, E, F, G)
+    (A, B, C, D, E, F, G, H)
+    (A, B, C, D, E, F, G, H, I)
+    (A, B, C, D, E, F, G, H, I, J)
+    (A, B, C, D, E, F, G, H, I, J, K)
+    (A, B, C, D, E, F, G, H, I, J, K, L)
+    (A, B, C, D, E, F, G, H, I, J, K, L, M)
+    (A, B, C, D, E, F, G, H, I, J, K, L, M, N)
+    (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O)
+    (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O, P)
+}
+
 /// A method's settings from its attributes, applied where the caller's options set nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct MethodDefaults {
@@ -108,7 +155,7 @@ impl Schema {
     /// The fingerprint of `method`, whose arguments are `A` and result `R`. A type the tracer
     /// cannot read leaves the method unchecked, with a warning once.
     #[must_use]
-    pub fn of<A: DeserializeOwned, R: DeserializeOwned>(method: &'static str) -> Self {
+    pub fn of<A: Args, R: Wire>(method: &'static str) -> Self {
         match crate::schema::fingerprint::<A, R>() {
             Ok(fingerprint) => Self {
                 fingerprint: Some(Bytes::copy_from_slice(&fingerprint.to_be_bytes())),
@@ -127,7 +174,7 @@ impl Schema {
     /// [`Schema::of`] for a client method's `static`: computed once per method and process, so
     /// its 8 bytes are leaked to make every call's copy free (no reference count).
     #[must_use]
-    pub fn for_client<A: DeserializeOwned, R: DeserializeOwned>(method: &'static str) -> Self {
+    pub fn for_client<A: Args, R: Wire>(method: &'static str) -> Self {
         let fingerprint = Self::of::<A, R>(method).fingerprint.map(|bytes| {
             let leaked: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
             Bytes::from_static(leaked)
@@ -172,52 +219,83 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// One typed call: encode the arguments, apply the method's defaults, call, decode the result.
+/// A client method's types, checked once where the method is generated: its schema and the
+/// encoder and decoder of its arguments and result. [`call`] takes one instead of asking for
+/// serde's traits itself, so that a type that cannot travel is reported once, at the type.
+pub struct ClientMethod<A, R> {
+    schema: Schema,
+    encode: fn(&Bincode, &A) -> Result<Bytes, rpc_core::PayloadError>,
+    decode: fn(&Bincode, &[u8]) -> Result<R, rpc_core::PayloadError>,
+}
+
+impl<A, R> std::fmt::Debug for ClientMethod<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMethod")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, R> ClientMethod<A, R> {
+    /// A method whose schema is checked: its fingerprint is computed now (once per process: the
+    /// generated code keeps it in a `static`).
+    #[must_use]
+    pub fn checked(method: &'static str) -> Self
+    where
+        A: Args,
+        R: Wire,
+    {
+        Self {
+            schema: Schema::for_client::<A, R>(method),
+            ..Self::unchecked()
+        }
+    }
+
+    /// A method with `#[no_schema_check]`.
+    #[must_use]
+    pub const fn unchecked() -> Self
+    where
+        A: Args,
+        R: Wire,
+    {
+        Self {
+            schema: Schema::off(),
+            encode: |codec, args| codec.encode(args),
+            decode: |codec, bytes| codec.decode(bytes),
+        }
+    }
+}
+
+/// One typed call: encode the arguments, apply the method's defaults, call, decode the result,
+/// with the reply's metadata.
 ///
 /// # Errors
 /// The call's [`Error`]; an undecodable reply is INTERNAL (the call did run).
-pub async fn call<A: Serialize, R: DeserializeOwned>(
+pub async fn call<A, R>(
     channel: &Channel,
-    method: &'static str,
+    name: &'static str,
     args: &A,
     options: CallOptions,
     defaults: MethodDefaults,
-    schema: &Schema,
-) -> Result<R, Error> {
-    call_with_metadata(channel, method, args, options, defaults, schema)
-        .await
-        .map(|response| response.value)
-}
-
-/// [`call`], with the reply's metadata.
-///
-/// # Errors
-/// As [`call`].
-pub async fn call_with_metadata<A: Serialize, R: DeserializeOwned>(
-    channel: &Channel,
-    method: &'static str,
-    args: &A,
-    options: CallOptions,
-    defaults: MethodDefaults,
-    schema: &Schema,
+    method: &ClientMethod<A, R>,
 ) -> Result<crate::Response<R>, Error> {
     let codec = Bincode::with_limit(channel.decode_limit());
-    let payload = codec.encode(args).map_err(|e| {
+    let payload = (method.encode)(&codec, args).map_err(|e| {
         Error::from_code(
             StatusCode::INVALID_ARGUMENT,
-            format!("{method}: {e}"),
+            format!("{name}: {e}"),
             Outcome::NotSent,
         )
         .with_kind(ErrorKind::Local)
         .with_source(e)
     })?;
     let mut options = options.or_defaults(defaults.options());
-    if let Some(fingerprint) = &schema.fingerprint {
+    if let Some(fingerprint) = &method.schema.fingerprint {
         options = options.schema_fingerprint(fingerprint.clone());
     }
-    let reply = channel.call(method, payload, options).await?;
-    let value = codec.decode(&reply.payload).map_err(|e| {
-        let message = format!("{method}: the reply does not decode: {e}");
+    let reply = channel.call(name, payload, options).await?;
+    let value = (method.decode)(&codec, &reply.payload).map_err(|e| {
+        let message = format!("{name}: the reply does not decode: {e}");
         Error::from_code(StatusCode::INTERNAL, message, Outcome::Executed)
             .with_kind(ErrorKind::Protocol)
             .with_source(e)
@@ -232,19 +310,27 @@ pub async fn call_with_metadata<A: Serialize, R: DeserializeOwned>(
 /// INVALID_ARGUMENT with NOT_EXECUTED), runs the method with the call's context in scope, encodes
 /// its result. `run` returns the method's value, or the [`Status`] the call fails with (a method
 /// declared `-> Result<T, Status>`; for others the macro wraps the value in `Ok`).
+///
+/// `schema_check`: whether the method's schema fingerprint is checked (`#[no_schema_check]`
+/// turns it off).
 pub fn handler<S, A, R, F, Fut>(
     service: Arc<S>,
     method: &'static str,
-    schema: Schema,
+    schema_check: bool,
     run: F,
 ) -> impl Handler
 where
     S: Send + Sync + 'static,
-    A: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
+    A: Args + Send + 'static,
+    R: Wire + Send + 'static,
     F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {
+    let schema = if schema_check {
+        Schema::of::<A, R>(method)
+    } else {
+        Schema::off()
+    };
     TypedHandler {
         service,
         method,
@@ -265,8 +351,8 @@ struct TypedHandler<S, A, R, F> {
 impl<S, A, R, F, Fut> Handler for TypedHandler<S, A, R, F>
 where
     S: Send + Sync + 'static,
-    A: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
+    A: Args + Send + 'static,
+    R: Wire + Send + 'static,
     F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {

@@ -1,8 +1,9 @@
 //! Emits the rewritten trait, the typed client and the server adapter.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::{ReturnType, TraitItem};
 
 use crate::parse::{FailoverAttr, HedgeAttr, Method, RetryAttr, Service, is_ours};
@@ -141,23 +142,29 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         .filter(|a| a.path().is_ident("doc"))
         .collect();
     let defaults = method_defaults(method, krate);
+    let args_tuple = args_tuple(method);
     let note = format!(" Calls `{wire}`.");
     let metadata_doc = format!(
         " As [`{name}`](Self::{name}), with the metadata of the reply (`rpc-replayed`, or what \
          the handler set). Calls `{wire}`.",
         name = name.unraw()
     );
-    let schema = if method.schema_check {
+    let method_types = quote!(#krate::__private::ClientMethod<#args_tuple, #value>);
+    // Spanned where a type that cannot travel is best reported (see `blame`).
+    let blame = blame(method);
+    let at_blame = respan(krate, blame);
+    let checked = quote_spanned!(blame=>
+        #at_blame::__private::ClientMethod::<#args_tuple, #value>::checked(#wire)
+    );
+    let unchecked = quote_spanned!(blame=> #at_blame::__private::ClientMethod::<#args_tuple, #value>::unchecked());
+    let types = if method.schema_check {
         quote! {
-            static SCHEMA: ::std::sync::OnceLock<#krate::__private::Schema> =
-                ::std::sync::OnceLock::new();
-            let schema = SCHEMA.get_or_init(|| {
-                #krate::__private::Schema::for_client::<(#(#arg_types,)*), #value>(#wire)
-            });
+            static METHOD: ::std::sync::OnceLock<#method_types> = ::std::sync::OnceLock::new();
+            let method = METHOD.get_or_init(|| #checked);
         }
     } else {
         quote! {
-            let schema = &const { #krate::__private::Schema::off() };
+            let method = &const { #unchecked };
         }
     };
     quote! {
@@ -167,30 +174,24 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         pub async fn #name(&self, #(#arg_names: #arg_types),*)
             -> ::core::result::Result<#value, #krate::Error>
         {
-            #schema
-            #krate::__private::call::<_, #value>(
-                &self.channel,
-                #wire,
-                &(#(#arg_names,)*),
-                ::core::clone::Clone::clone(&self.options),
-                #defaults,
-                schema,
+            ::core::result::Result::map(
+                self.#with_metadata(#(#arg_names),*).await,
+                #krate::Response::into_value,
             )
-            .await
         }
 
         #[doc = #metadata_doc]
         pub async fn #with_metadata(&self, #(#arg_names: #arg_types),*)
             -> ::core::result::Result<#krate::Response<#value>, #krate::Error>
         {
-            #schema
-            #krate::__private::call_with_metadata::<_, #value>(
+            #types
+            #krate::__private::call(
                 &self.channel,
                 #wire,
                 &(#(#arg_names,)*),
                 ::core::clone::Clone::clone(&self.options),
                 #defaults,
-                schema,
+                method,
             )
             .await
         }
@@ -245,29 +246,70 @@ fn registration(method: &Method, service: &str, krate: &TokenStream) -> TokenStr
     let name = &method.name;
     let wire = format!("{service}.{}", name.unraw());
     let arg_names: Vec<_> = method.args.iter().map(|(n, _)| n).collect();
-    let arg_types: Vec<_> = method.args.iter().map(|(_, t)| t).collect();
+    let args_tuple = args_tuple(method);
     let value = method.fallible.as_ref().unwrap_or(&method.output);
-    let schema = if method.schema_check {
-        quote!(#krate::__private::Schema::of::<(#(#arg_types,)*), #value>(#wire))
-    } else {
-        quote!(#krate::__private::Schema::off())
-    };
+    let schema_check = method.schema_check;
+    // The whole call spanned in the signature, so that a type that cannot travel is reported
+    // there (see `blame`).
+    let blame = blame(method);
     let run = if method.fallible.is_some() {
-        quote!(service.#name(#(#arg_names),*).await)
+        quote_spanned!(blame=> service.#name(#(#arg_names),*).await)
     } else {
-        quote!(::core::result::Result::Ok(service.#name(#(#arg_names),*).await))
+        quote_spanned!(blame=> ::core::result::Result::Ok(service.#name(#(#arg_names),*).await))
     };
-    quote! {
-        .register(
-            #wire,
-            #krate::__private::handler(
-                <::std::sync::Arc<S> as ::core::clone::Clone>::clone(&self.service),
-                #wire,
-                #schema,
-                |service: ::std::sync::Arc<S>, (#(#arg_names,)*): (#(#arg_types,)*)| async move {
-                    #run
-                },
-            ),
+    let service = quote!(<::std::sync::Arc<S> as ::core::clone::Clone>::clone(
+        &self.service
+    ));
+    let closure = quote_spanned! {blame=>
+        |service: ::std::sync::Arc<S>, (#(#arg_names,)*): #args_tuple| async move { #run }
+    };
+    let at_blame = respan(krate, blame);
+    let handler = quote_spanned! {blame=>
+        #at_blame::__private::handler::<_, #args_tuple, #value, _, _>(
+            #service, #wire, #schema_check, #closure,
         )
+    };
+    quote_spanned! {blame=>
+        .register(#wire, #handler)
+    }
+}
+
+/// `tokens` with every span set to `span` (the facade's path, to be reported at a user's type).
+fn respan(tokens: &TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(&group.stream(), span));
+                inner.set_span(span);
+                tree = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
+/// Where the generated calls that need a method's types to travel are spanned, so that the
+/// compiler's "cannot travel" error points into the method's signature: at its result type when
+/// it declares one, else at its first argument's type. (The message names the offending type.)
+fn blame(method: &Method) -> proc_macro2::Span {
+    match (&method.item.sig.output, method.args.first()) {
+        (ReturnType::Type(_, ty), _) => ty.span(),
+        (ReturnType::Default, Some((_, first))) => first.span(),
+        (ReturnType::Default, None) => method.name.span(),
+    }
+}
+
+/// The tuple of a method's argument types, spanned at its first argument's type: an argument type
+/// that cannot travel is reported there (with its own name), not at the `#[service]` line.
+fn args_tuple(method: &Method) -> TokenStream {
+    let types = method.args.iter().map(|(_, ty)| ty);
+    match method.args.first() {
+        Some((_, first)) => quote_spanned!(first.span()=> (#(#types,)*)),
+        None => quote!(()),
     }
 }

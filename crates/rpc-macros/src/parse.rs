@@ -401,6 +401,10 @@ fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
         } else if path.is_ident("hedge") {
             out.hedge = hedge_attribute(attr, errors);
             hedge_span = Some(attr.span());
+        } else if let Some(name) = path.get_ident().map(ToString::to_string)
+            && !BUILT_IN.contains(&name.as_str())
+        {
+            errors.push(path.span(), unknown_attribute(&name));
         }
     }
     if let (Some(span), false) = (hedge_span, out.idempotent) {
@@ -422,6 +426,52 @@ fn method_attributes(attrs: &[Attribute], errors: &mut Errors) -> Attrs {
         );
     }
     out
+}
+
+/// The attributes of Rust itself that a trait method may carry, passed through untouched. Any
+/// other single-name attribute is a mistake (`#[timeout]`); attributes with a path
+/// (`#[tracing::instrument]`, `#[rustfmt::skip]`) belong to someone else and pass through too.
+const BUILT_IN: &[&str] = &[
+    "doc",
+    "allow",
+    "warn",
+    "deny",
+    "forbid",
+    "expect",
+    "cfg",
+    "cfg_attr",
+    "deprecated",
+    "must_use",
+    "inline",
+    "cold",
+    "track_caller",
+];
+
+/// The error for an attribute keel does not know: every attribute it does, and the one meant
+/// when the name is a common synonym.
+fn unknown_attribute(name: &str) -> String {
+    let meant = match name {
+        "timeout" | "time_limit" => Some("`#[deadline(2s)]` sets a method's default deadline"),
+        "retries" | "retry_policy" | "max_attempts" => {
+            Some("`#[retry(max_attempts = 3)]` sets its retries")
+        }
+        "idempotency" | "safe" | "pure" => Some("`#[idempotent]` marks a method safe to run twice"),
+        "dedup" | "deduplicate" | "once" => {
+            Some("`#[dedupe]` makes a server run a retried call once")
+        }
+        _ => None,
+    };
+    let mut message = format!(
+        "unknown attribute `#[{name}]`; keel's method attributes are `#[idempotent]`, \
+         `#[deadline(200ms)]`, `#[retry(max_attempts = 3)]`, `#[no_retry]`, \
+         `#[hedge(after = 20ms)]` or `#[hedge(percentile = 95)]`, `#[dedupe]`, `#[failfast]`, \
+         `#[fork(2)]` and `#[no_schema_check]`"
+    );
+    if let Some(meant) = meant {
+        message.push_str("; ");
+        message.push_str(meant);
+    }
+    message
 }
 
 /// Whether an attribute is one of ours, to be removed from the emitted trait.
