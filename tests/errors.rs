@@ -177,3 +177,48 @@ fn a_call_polled_by_another_executor_fails_with_the_same_message() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_maybe_executed_whichever_side_notices_first() {
+    let server = start(
+        Server::builder()
+            .register("Slow.sleep", |_ctx: CallContext, _payload: Bytes| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(Bytes::new())
+            })
+            // What the server answers when its own timer fires first: the handler was stopped.
+            .register("Slow.stopped", |_ctx: CallContext, _payload: Bytes| async {
+                Err(Status::new(
+                    StatusCode::DEADLINE_EXCEEDED,
+                    "deadline exceeded",
+                ))
+            }),
+    )
+    .await;
+    let channel = Channel::builder(server.local_addr()).build();
+    for method in ["Slow.sleep", "Slow.stopped"] {
+        let err = channel
+            .call(
+                method,
+                Bytes::new(),
+                CallOptions::new().timeout(Duration::from_millis(100)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.outcome(), err.kind()),
+            (
+                StatusCode::DEADLINE_EXCEEDED,
+                Outcome::MaybeExecuted,
+                ErrorKind::Deadline
+            ),
+            "{method}"
+        );
+        assert!(err.is_deadline_exceeded() && err.may_have_run(), "{method}");
+        assert_eq!(
+            err.to_string(),
+            "DEADLINE_EXCEEDED (MAYBE_EXECUTED): deadline exceeded"
+        );
+    }
+    server.shutdown().await;
+}

@@ -773,6 +773,11 @@ impl Connection {
                 response.status.not_executed(),
                 Outcome::NotExecuted,
             ))
+        } else if response.status.code() == StatusCode::DEADLINE_EXCEEDED {
+            // The server stopped the handler at the deadline, midway: some of its work may have
+            // happened. The same outcome as when the client's own timer fires first, so that
+            // which one wins the race does not change what the caller is told.
+            Err(Error::new(response.status, Outcome::MaybeExecuted).with_kind(ErrorKind::Deadline))
         } else {
             Err(Error::new(response.status, Outcome::Executed))
         };
