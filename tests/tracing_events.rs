@@ -93,6 +93,24 @@ async fn retries_hedges_spent_budgets_and_reconnects_are_tracing_events() {
     assert_eq!(retries[0]["attempt"], "2");
     assert_eq!(retries[1]["attempt"], "3");
     assert_eq!(retries[0]["outcome"], "EXECUTED");
+    assert_eq!(retries[0]["why"], "the policy retries this status");
+    // And why it stopped, after the last attempt the events announced.
+    let stopped = events.with_message("not retried: 3 attempts made");
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    assert_eq!(stopped[0]["attempts"], "3");
+
+    // A failure the rules do not retry says so too.
+    channel
+        .call("Sick.call", Bytes::new(), CallOptions::new())
+        .await
+        .unwrap_err();
+    let refused =
+        events.with_message("not retried: this outcome and status do not allow another attempt");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        (refused[0]["outcome"].as_str(), refused[0]["code"].as_str()),
+        ("EXECUTED", "UNAVAILABLE")
+    );
 
     let started = std::time::Instant::now();
     channel
@@ -119,6 +137,8 @@ async fn retries_hedges_spent_budgets_and_reconnects_are_tracing_events() {
     assert_eq!(spent.len(), 1, "{spent:?}");
     assert_eq!(spent[0]["method"], "Sick.call");
     assert_eq!(spent[0]["outcome"], "EXECUTED");
+    let stopped = events.with_message("not retried: the retry budget is spent");
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
     server.shutdown().await;
 
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -109,13 +109,14 @@ impl<S: CallService> Retry<S> {
             *outcome = outcome.combine(err.outcome());
             if let Some(previous) = previous.take() {
                 if err.kind() == ErrorKind::NoDedupeWindow {
-                    return Err(stopped(previous, StopReason::NoDedupeWindow));
+                    return Err(stopped(&attempt, previous, StopReason::NoDedupeWindow));
                 }
                 if err.is_deadline_exceeded() && err.outcome() == Outcome::NotSent {
                     // The retry never left: the earlier failure says more about the call.
                     let remaining = Duration::ZERO;
                     let needed = self.latency.average(attempt.method.as_str());
                     return Err(stopped(
+                        &attempt,
                         previous,
                         StopReason::NoTimeLeft { remaining, needed },
                     ));
@@ -124,7 +125,16 @@ impl<S: CallService> Retry<S> {
             let idempotency = attempt.idempotency(err.outcome());
             let step = classify(policy, &err, idempotency, not_executed_retried);
             let delay = match step {
-                Step::Stop => return Err(err),
+                Step::Stop => {
+                    debug!(
+                        method = attempt.method.as_str(),
+                        attempts = attempt.call.attempts(),
+                        outcome = %err.outcome(),
+                        code = %err.code(),
+                        "not retried: this outcome and status do not allow another attempt"
+                    );
+                    return Err(err);
+                }
                 Step::NotSent => {
                     not_sent += 1;
                     match not_sent {
@@ -139,6 +149,7 @@ impl<S: CallService> Retry<S> {
                 Step::Counted => {
                     if counted >= policy.attempts() {
                         return Err(stopped(
+                            &attempt,
                             err,
                             StopReason::AttemptsExhausted { attempts: counted },
                         ));
@@ -156,7 +167,11 @@ impl<S: CallService> Retry<S> {
             if step != Step::NotSent {
                 let needed = delay + self.latency.average(attempt.method.as_str());
                 if needed >= remaining {
-                    return Err(stopped(err, StopReason::NoTimeLeft { remaining, needed }));
+                    return Err(stopped(
+                        &attempt,
+                        err,
+                        StopReason::NoTimeLeft { remaining, needed },
+                    ));
                 }
             }
             if step == Step::Counted {
@@ -169,7 +184,7 @@ impl<S: CallService> Retry<S> {
                             code = %err.code(),
                             "retry budget exhausted"
                         );
-                        return Err(stopped(err, StopReason::BudgetExhausted));
+                        return Err(stopped(&attempt, err, StopReason::BudgetExhausted));
                     }
                 }
                 counted += 1;
@@ -180,6 +195,11 @@ impl<S: CallService> Retry<S> {
                 outcome = %err.outcome(),
                 code = %err.code(),
                 ?delay,
+                why = match step {
+                    Step::NotSent => "nothing was sent",
+                    Step::NotExecutedOnce => "the server did not run it; on another connection",
+                    _ => "the policy retries this status",
+                },
                 "retrying"
             );
             if !delay.is_zero() {
@@ -190,8 +210,20 @@ impl<S: CallService> Retry<S> {
     }
 }
 
-fn stopped(err: Error, reason: StopReason) -> Error {
-    err.map_source(|source| Box::new(RetryStopped::new(reason, source)))
+/// The call fails with `err` because retrying stopped for `reason`: said in an event, and in the
+/// error's cause chain.
+fn stopped(attempt: &Attempt, err: Error, reason: StopReason) -> Error {
+    let err = err.map_source(|source| Box::new(RetryStopped::new(reason, source)));
+    debug!(
+        method = attempt.method.as_str(),
+        attempts = attempt.call.attempts(),
+        outcome = %err.outcome(),
+        code = %err.code(),
+        ?reason,
+        "{}",
+        RetryStopped::new(reason, None)
+    );
+    err
 }
 
 #[cfg(test)]
