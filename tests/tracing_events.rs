@@ -10,11 +10,24 @@ use std::time::Duration;
 
 use keel::{Bytes, CallContext, CallOptions, Channel, HedgePolicy, Server, Status, StatusCode};
 
-/// Records every event's fields as `name=value` strings.
+/// Records every event's fields as `name=value` strings, and every span's (its name as `name`).
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<HashMap<String, String>>>>);
+struct Events(
+    Arc<Mutex<Vec<HashMap<String, String>>>>,
+    Arc<Mutex<Vec<HashMap<String, String>>>>,
+);
 
 impl Events {
+    fn spans(&self, name: &str) -> Vec<HashMap<String, String>> {
+        self.1
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.get("name").map(String::as_str) == Some(name))
+            .cloned()
+            .collect()
+    }
+
     fn with_message(&self, message: &str) -> Vec<HashMap<String, String>> {
         self.0
             .lock()
@@ -29,6 +42,9 @@ impl Events {
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
 impl tracing::field::Visit for Fields<'_> {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
@@ -41,13 +57,23 @@ impl tracing::Subscriber for Events {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
         true
     }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
+    fn new_span(&self, attributes: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = HashMap::new();
+        fields.insert("name".to_owned(), attributes.metadata().name().to_owned());
+        attributes.record(&mut Fields(&mut fields));
+        let mut spans = self.1.lock().unwrap();
+        spans.push(fields);
+        tracing::span::Id::from_u64(spans.len() as u64)
     }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut spans = self.1.lock().unwrap();
+        let index = usize::try_from(id.into_u64()).unwrap() - 1;
+        values.record(&mut Fields(&mut spans[index]));
+    }
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
         let mut fields = HashMap::new();
+        fields.insert("level".to_owned(), event.metadata().level().to_string());
         event.record(&mut Fields(&mut fields));
         self.0.lock().unwrap().push(fields);
     }
@@ -156,4 +182,38 @@ async fn retries_hedges_spent_budgets_and_reconnects_are_tracing_events() {
     assert!((2..=5).contains(&failed.len()), "{failed:?}");
     assert_eq!(failed[0]["attempt"], "1");
     assert_eq!(failed[0]["addr"], addr.to_string());
+    assert_eq!(
+        failed[0]["error"],
+        format!("could not connect to {addr}: Connection refused (os error 111)")
+    );
+    // One WARN while the server stays down (then one per 30 s); the other failures are DEBUG.
+    let levels: Vec<&str> = failed.iter().map(|e| e["level"].as_str()).collect();
+    assert_eq!(levels[0], "WARN");
+    assert!(levels[1..].iter().all(|&l| l == "DEBUG"), "{levels:?}");
+
+    // Every call is a span on both sides, with the same method, attempt and call id.
+    let server = Server::builder()
+        .register(
+            "Echo.echo",
+            |_ctx: CallContext, payload: Bytes| async move { Ok(payload) },
+        )
+        .build()
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let channel = Channel::builder(server.local_addr()).build();
+    channel
+        .call("Echo.echo", Bytes::from_static(b"hi"), CallOptions::new())
+        .await
+        .unwrap();
+    let client = events.spans("rpc.attempt");
+    let client = client.iter().find(|s| s["method"] == "Echo.echo").unwrap();
+    let served = events.spans("rpc.call");
+    let served = served.iter().find(|s| s["method"] == "Echo.echo").unwrap();
+    assert_eq!(client["attempt"], "1");
+    assert_eq!(served["attempt"], "1");
+    assert_eq!(client["call_id"], served["call_id"]);
+    assert_eq!(client["peer"], server.local_addr().to_string());
+    assert!(served["peer"].starts_with("127.0.0.1:"), "{served:?}");
+    server.shutdown().await;
 }

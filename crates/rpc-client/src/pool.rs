@@ -26,7 +26,7 @@ use arc_swap::ArcSwapOption;
 use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ClientConfig;
 use crate::connection::{Command, ConnectionError, ConnectionHandle, Usable, connect};
@@ -141,7 +141,13 @@ struct PoolState {
     incompatible_in_a_row: u32,
     /// Calls waiting for a connection.
     waiting: usize,
+    /// When a failed attempt was last logged at WARN, during this run of failures.
+    warned_at: Option<Instant>,
 }
+
+/// While connecting keeps failing, one WARN per this long (the others are DEBUG): a server that
+/// is down says so at once and then every half minute, not on every backoff step.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
 impl PoolState {
     /// The connector stops; the next call that finds no connection starts it again.
@@ -192,6 +198,7 @@ impl Pool {
                     last_failure: None,
                     incompatible_in_a_row: 0,
                     waiting: 0,
+                    warned_at: None,
                 }),
                 current: ArcSwapOption::empty(),
                 failing: AtomicBool::new(false),
@@ -482,19 +489,36 @@ async fn run_connector(pool: Weak<PoolInner>) {
                     state.next_attempt = None;
                     state.last_failure = None;
                     state.incompatible_in_a_row = 0;
+                    state.warned_at = None;
                     inner.publish(&state);
                 }
                 Err(err) => {
                     let delay = config.reconnect_backoff.delay(state.failures);
                     state.failures += 1;
                     state.next_attempt = Some(Instant::now() + delay);
-                    warn!(
-                        %addr,
-                        attempt = state.failures,
-                        retry_in = ?delay,
-                        error = %err,
-                        "connect failed"
-                    );
+                    let now = Instant::now();
+                    let error = with_causes(&err);
+                    if state
+                        .warned_at
+                        .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+                    {
+                        state.warned_at = Some(now);
+                        warn!(
+                            %addr,
+                            attempt = state.failures,
+                            retry_in = ?delay,
+                            error,
+                            "connect failed"
+                        );
+                    } else {
+                        debug!(
+                            %addr,
+                            attempt = state.failures,
+                            retry_in = ?delay,
+                            error,
+                            "connect failed"
+                        );
+                    }
                     if err.is_incompatible_peer() {
                         state.incompatible_in_a_row += 1;
                     } else {
@@ -513,4 +537,20 @@ async fn run_connector(pool: Weak<PoolInner>) {
         }
         inner.changed.notify_waiters();
     }
+}
+
+/// `err` and every cause beneath it, as one line: "could not connect to ADDR: Connection refused
+/// (os error 111)".
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
 }

@@ -8,6 +8,7 @@ use rpc_codec::{Budget, Request};
 use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY, SCHEMA_KEY};
 use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::Reply;
 use crate::call::CallSlot;
@@ -114,7 +115,25 @@ impl Dispatch {
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
         let slot = CallSlot::new();
-        let result = send_and_wait(conn, request, attempt.deadline, &slot).await;
+        // One span per attempt (off unless a subscriber wants DEBUG): the server's span of the
+        // same call has the same method, attempt and call id.
+        let span = tracing::debug_span!(
+            "rpc.attempt",
+            method = method.as_str(),
+            attempt = number,
+            peer = %self.pool.addr(),
+            call_id = tracing::field::Empty,
+        );
+        let result = send_and_wait(conn, request, attempt.deadline, &slot)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled() {
+            span.record("call_id", slot.call_id());
+            span.in_scope(|| match &result {
+                Ok(_) => tracing::trace!("answered: OK"),
+                Err(err) => tracing::trace!(code = %err.code(), outcome = %err.outcome(), "failed"),
+            });
+        }
         // The method's observed latency: the average counts every attempt the server answered
         // (to judge whether another fits in a deadline), the hedging percentiles only successes.
         // Time spent waiting in the connection for a server slot is not the server's latency.

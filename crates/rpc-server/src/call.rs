@@ -12,6 +12,7 @@ use futures::future::{AbortHandle, Abortable};
 use rpc_core::{CallContext, Deadline, Reply, Status, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, Span};
 
 use crate::dedupe::{Runner, Shared, Waiter};
 use crate::handler::{Handler, HandlerFuture};
@@ -58,6 +59,7 @@ pub(crate) fn dispatch(
     call_id: u64,
     deadline: Option<Deadline>,
     work: HandlerFuture,
+    span: Span,
 ) -> (CallFuture, RunningCall) {
     let started = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&started);
@@ -66,7 +68,7 @@ pub(crate) fn dispatch(
         contain(call_id, work).await
     };
     let run = async move { Ending::ran(until(deadline, run, || Err(deadline_exceeded())).await) };
-    supervise(call_id, run, started)
+    supervise(call_id, run, started, span)
 }
 
 /// Starts the detached execution of a deduplicated call (tracked by `tracker`, so a graceful
@@ -81,12 +83,14 @@ pub(crate) fn detach(
     runner: Runner,
     stop: CancellationToken,
     tracker: &TaskTracker,
+    span: Span,
 ) {
     let execution = until(
         deadline,
         contain(call_id, work),
         || Err(deadline_exceeded()),
     );
+    let execution = execution.instrument(span);
     tracker.spawn(async move {
         tokio::select! {
             biased;
@@ -109,6 +113,7 @@ pub(crate) fn wait(
     deadline: Option<Deadline>,
     waiter: Waiter,
     replayed: bool,
+    span: Span,
 ) -> (CallFuture, RunningCall) {
     let run = async move {
         let shared = async move {
@@ -131,7 +136,7 @@ pub(crate) fn wait(
         };
         until(deadline, shared, || Ending::ran(Err(deadline_exceeded()))).await
     };
-    supervise(call_id, run, Arc::new(AtomicBool::new(true)))
+    supervise(call_id, run, Arc::new(AtomicBool::new(true)), span)
 }
 
 /// How a call's work ended, before it becomes a [`CallDone`].
@@ -159,11 +164,12 @@ fn supervise(
     call_id: u64,
     run: impl Future<Output = Ending> + Send + 'static,
     started: Arc<AtomicBool>,
+    span: Span,
 ) -> (CallFuture, RunningCall) {
     let (abort, registration) = AbortHandle::new_pair();
     let flag = Arc::clone(&started);
     let fut = async move {
-        match Abortable::new(run, registration).await {
+        match Abortable::new(run.instrument(span), registration).await {
             Ok(ending) => CallDone {
                 call_id,
                 result: ending.result,

@@ -413,12 +413,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .with_decode_limit(
                 rpc_core::Bincode::for_frame_limit(self.config().max_frame_size).limit(),
             );
+        // One span per call (off unless a subscriber wants DEBUG), around the handler: the
+        // client's span of the same attempt has the same method, attempt and call id.
+        let span = tracing::debug_span!(
+            "rpc.call",
+            method = ctx.method(),
+            call_id = id,
+            attempt = ctx.attempt(),
+            peer = %self.peer,
+        );
         if let Some((table, request_id)) = dedupe {
-            return self.on_deduped(&table, &request_id, handler, ctx, request.payload, permit);
+            return self.on_deduped(
+                &table,
+                &request_id,
+                handler,
+                ctx,
+                request.payload,
+                permit,
+                span,
+            );
         }
-        match start(handler, ctx, request.payload) {
+        match span.in_scope(|| start(handler, ctx, request.payload)) {
             Ok(work) => {
-                let (future, mut running) = dispatch(id, deadline, work);
+                let (future, mut running) = dispatch(id, deadline, work, span);
                 running.permit = Some(permit);
                 self.run(id, future, running);
             }
@@ -437,6 +454,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         ctx: CallContext,
         payload: Bytes,
         permit: CallPermit,
+        span: tracing::Span,
     ) {
         let (id, deadline) = (ctx.call_id(), ctx.deadline());
         let method = match self.shared.router.get_named(ctx.method()) {
@@ -449,13 +467,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let (future, running) = match claim {
             Claim::Replay(result) => return self.respond(id, result, false, true),
-            Claim::Join(waiter) => call::wait(id, deadline, waiter, true),
-            Claim::Run(runner) => match start(handler, ctx, payload) {
+            Claim::Join(waiter) => call::wait(id, deadline, waiter, true, span),
+            Claim::Run(runner) => match span.in_scope(|| start(handler, ctx, payload)) {
                 Ok(work) => {
                     let waiter = runner.waiter();
                     let stop = self.detach.stop.clone();
-                    call::detach(id, deadline, work, runner, stop, &self.detach.tracker);
-                    call::wait(id, deadline, waiter, false)
+                    let tracker = &self.detach.tracker;
+                    call::detach(id, deadline, work, runner, stop, tracker, span.clone());
+                    call::wait(id, deadline, waiter, false, span)
                 }
                 Err((status, true)) => {
                     // Refused before anything ran: no entry, so a later attempt may run.
@@ -521,6 +540,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Queues a call's one RESPONSE; `replayed` adds `rpc-replayed: 1` (the dedupe window).
     fn respond(&mut self, call_id: u64, result: Answer, not_executed: bool, replayed: bool) {
+        tracing::trace!(
+            call_id,
+            code = %result.as_ref().err().map_or(StatusCode::OK, Status::code),
+            not_executed,
+            replayed,
+            "responding"
+        );
         let mut response = match result {
             Ok(reply) => {
                 let mut response = Response::ok(call_id, reply.payload);
