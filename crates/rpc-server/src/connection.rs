@@ -413,26 +413,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .with_decode_limit(
                 rpc_core::Bincode::for_frame_limit(self.config().max_frame_size).limit(),
             );
-        // One span per call (off unless a subscriber wants DEBUG), around the handler: the
-        // client's span of the same attempt has the same method, attempt and call id.
-        let span = tracing::debug_span!(
-            "rpc.call",
-            method = ctx.method(),
-            call_id = id,
-            attempt = ctx.attempt(),
-            peer = %self.peer,
-        );
         if let Some((table, request_id)) = dedupe {
-            return self.on_deduped(
-                &table,
-                &request_id,
-                handler,
-                ctx,
-                request.payload,
-                permit,
-                span,
-            );
+            return self.on_deduped(&table, &request_id, handler, ctx, request.payload, permit);
         }
+        let span = call_span(&ctx, self.peer);
         match span.in_scope(|| start(handler, ctx, request.payload)) {
             Ok(work) => {
                 let (future, mut running) = dispatch(id, deadline, work, span);
@@ -454,9 +438,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         ctx: CallContext,
         payload: Bytes,
         permit: CallPermit,
-        span: tracing::Span,
     ) {
         let (id, deadline) = (ctx.call_id(), ctx.deadline());
+        let span = call_span(&ctx, self.peer);
         let method = match self.shared.router.get_named(ctx.method()) {
             Some((name, _)) => Arc::clone(name),
             None => Arc::from(ctx.method()),
@@ -786,4 +770,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// The span of one call (off unless a subscriber wants DEBUG), around its handler: the client's
+/// span of the same attempt has the same method, attempt and call id.
+fn call_span(ctx: &CallContext, peer: SocketAddr) -> tracing::Span {
+    tracing::debug_span!(
+        "rpc.call",
+        method = ctx.method(),
+        call_id = ctx.call_id(),
+        attempt = ctx.attempt(),
+        peer = %peer,
+    )
 }
