@@ -39,11 +39,10 @@
 //! twice where that could do harm. Deadlines travel as relative budgets, so clocks need not agree.
 //!
 //! Depend on this crate alone; it re-exports the parts:
-//! - [`service`]: the `#[service]` attribute (see its crate, `rpc-macros`, for what it generates);
-//! - [`core`]: statuses, errors, outcomes, deadlines, metadata, call context, payload codecs;
-//! - [`codec`]: the wire protocol v1 (docs/PROTOCOL.md) as a sans-IO codec;
-//! - [`server`]: the server runtime ([`Server`]);
-//! - [`client`]: the client runtime ([`Channel`]).
+//! - [`service`]: the `#[service]` attribute: every attribute it takes, and what it generates;
+//! - [`client`]: the client runtime ([`Channel`], [`ChannelBuilder`], [`CallOptions`]);
+//! - [`server`]: the server runtime ([`Server`], [`ServerBuilder`], [`server::context`]);
+//! - [`core`]: statuses, errors, outcomes, deadlines, metadata, call context, payload codecs.
 //!
 //! # Cancel safety
 //! Dropping a call's future withdraws the call: a request not yet written is never sent (NOT_SENT);
@@ -59,10 +58,33 @@ pub mod __private;
 mod response;
 mod schema;
 
-pub use rpc_client as client;
+pub mod client {
+    //! The client runtime: [`Channel`] and its builder, call options, retry, hedge, balancing,
+    //! health and failover policies, and the causes a failed call can carry
+    //! ([`NoConnection`], [`RetryStopped`]). The most used are also at the crate root.
+    #[doc(inline)]
+    pub use rpc_client::*;
+}
+
+pub mod server {
+    //! The server runtime: [`Server`], its builder and limits, the dedupe window
+    //! ([`DedupeConfig`]), raw handlers, and [`context`]: the call being served, and the
+    //! metadata a handler attaches to its response.
+    #[doc(inline)]
+    pub use rpc_server::*;
+}
+
+pub mod core {
+    //! The shared vocabulary: statuses, errors and their outcomes, deadlines, metadata, the call
+    //! context, the payload codec. The most used are also at the crate root.
+    #[doc(inline)]
+    pub use rpc_core::*;
+}
+
+/// The wire protocol v1 as a sans-IO codec (docs/PROTOCOL.md). Not needed to use keel: it is here
+/// for keel's own tests and tools; a peer implementation should depend on `rpc-codec` itself.
+#[doc(hidden)]
 pub use rpc_codec as codec;
-pub use rpc_core as core;
-pub use rpc_server as server;
 
 pub use bytes::Bytes;
 pub use response::Response;
@@ -73,6 +95,7 @@ pub use rpc_core::{
     Bincode, CallContext, Deadline, Error, ErrorKind, Idempotency, Metadata, MetadataKey, Outcome,
     PayloadCodec, PayloadError, Status, StatusCode,
 };
+#[doc = include_str!("service.md")]
 pub use rpc_macros::service;
 pub use rpc_server::{Server, ServerBuilder, ServerHandle};
 

@@ -14,7 +14,7 @@ use crate::policy::{HedgePolicy, RetryPolicy};
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::CallOptions;
+/// use keel::client::CallOptions;
 /// let opts = CallOptions::new().timeout(Duration::from_millis(250)).idempotent(true);
 /// # drop(opts);
 /// ```

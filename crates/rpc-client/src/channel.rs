@@ -31,10 +31,10 @@ use crate::stack::{Attempt, CallService, CallState, RetryChoice};
 /// can be hedged ([`HedgePolicy`](crate::HedgePolicy)).
 ///
 /// ```no_run
-/// use bytes::Bytes;
-/// use rpc_client::{CallOptions, Channel};
+/// use keel::Bytes;
+/// use keel::client::{CallOptions, Channel};
 ///
-/// # async fn run() -> Result<(), rpc_core::Error> {
+/// # async fn run() -> Result<(), keel::core::Error> {
 /// let channel = Channel::builder("127.0.0.1:7000".parse().unwrap()).build();
 /// let reply = channel.call("Echo.echo", Bytes::from_static(b"hi"), CallOptions::new()).await?;
 /// assert_eq!(reply.payload, "hi");
@@ -71,7 +71,7 @@ impl Channel {
     /// skipped at no cost to the call.
     ///
     /// ```no_run
-    /// use rpc_client::{Channel, Target};
+    /// use keel::client::{Channel, Target};
     ///
     /// let channel = Channel::cluster([
     ///     Target::from("127.0.0.1:7001"),

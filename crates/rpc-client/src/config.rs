@@ -94,7 +94,7 @@ impl ClientConfig {
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::Channel;
+/// use keel::client::Channel;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -144,7 +144,8 @@ impl ChannelBuilder {
 
     /// A source of endpoint changes (a discovery client, or a channel the application feeds),
     /// applied as they come once the channel makes its first call. The targets given to the
-    /// builder are the starting set; with a source, the set may also start empty.
+    /// builder are the starting set; with a source, the set may also start empty. Default: no
+    /// source, the targets alone.
     pub fn discover(mut self, changes: impl Stream<Item = Change> + Send + 'static) -> Self {
         self.discovery = Some(changes.boxed());
         self

@@ -29,10 +29,10 @@ pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxIo>> + Send>>
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use rpc_client::{BoxIo, ConnectFuture, Connector};
+/// use keel::client::{BoxIo, ConnectFuture, Connector};
 ///
 /// /// Connects to every address through an in-memory pipe served by a task of its own.
-/// struct InMemory(rpc_server::Server);
+/// struct InMemory(keel::server::Server);
 ///
 /// impl Connector for InMemory {
 ///     fn connect(&self, addr: SocketAddr) -> ConnectFuture {

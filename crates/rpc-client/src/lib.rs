@@ -4,10 +4,10 @@
 //! out of rotation and retries elsewhere.
 //!
 //! ```
-//! use bytes::Bytes;
-//! use rpc_client::{CallOptions, Channel};
-//! use rpc_core::{CallContext, Outcome, StatusCode};
-//! use rpc_server::Server;
+//! use keel::Bytes;
+//! use keel::client::{CallOptions, Channel};
+//! use keel::core::{CallContext, Outcome, StatusCode};
+//! use keel::server::Server;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

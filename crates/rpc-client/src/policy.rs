@@ -24,7 +24,7 @@ pub enum Jitter {
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::Backoff;
+/// use keel::client::Backoff;
 ///
 /// let backoff = Backoff::retry_default();
 /// assert_eq!(backoff.ceiling(0), Duration::from_millis(50));
@@ -138,8 +138,8 @@ pub const MAX_ATTEMPTS_CAP: u32 = 5;
 /// the call's one deadline has passed.
 ///
 /// ```
-/// use rpc_client::RetryPolicy;
-/// use rpc_core::StatusCode;
+/// use keel::client::RetryPolicy;
+/// use keel::core::StatusCode;
 ///
 /// let policy = RetryPolicy::new().max_attempts(4).retry_on(StatusCode::RESOURCE_EXHAUSTED);
 /// assert_eq!(policy.attempts(), 4);
@@ -184,8 +184,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Also retry calls that fail with `code`. DEADLINE_EXCEEDED is never retried: the call's
-    /// one deadline has passed.
+    /// Also retry calls that fail with `code` (default: UNAVAILABLE and DATA_LOSS).
+    /// DEADLINE_EXCEEDED is never retried: the call's one deadline has passed.
     pub fn retry_on(mut self, code: StatusCode) -> Self {
         if !self.statuses.contains(&code) {
             self.statuses.push(code);
@@ -237,7 +237,7 @@ pub enum HedgeDelay {
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::HedgePolicy;
+/// use keel::client::HedgePolicy;
 ///
 /// let fixed = HedgePolicy::after(Duration::from_millis(20));
 /// let learned = HedgePolicy::at_percentile(95.0);
@@ -292,7 +292,7 @@ impl HedgePolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::RetryBudget;
+/// use keel::client::RetryBudget;
 /// let budget = RetryBudget::new().percent(0.1).min_per_sec(5).ttl(Duration::from_secs(5));
 /// # drop(budget);
 /// ```

@@ -11,7 +11,7 @@ use crate::{Deadline, Idempotency, Metadata};
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_core::{CallContext, Deadline, Idempotency};
+/// use keel::core::{CallContext, Deadline, Idempotency};
 /// let ctx = CallContext::new("Echo.echo")
 ///     .with_call_id(7)
 ///     .with_deadline(Some(Deadline::from_now(Duration::from_secs(1))))

@@ -17,7 +17,7 @@ pub use tokio::time::Instant;
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_core::{Deadline, Instant};
+/// use keel::core::{Deadline, Instant};
 /// let now = Instant::now();
 /// let deadline = Deadline::after(now, Duration::from_millis(300));
 /// assert_eq!(deadline.remaining(now + Duration::from_millis(100)), Duration::from_millis(200));

@@ -49,7 +49,7 @@ pub enum ErrorKind {
 /// whole chain (an I/O error under a connection loss, say).
 ///
 /// ```
-/// use rpc_core::{Error, Outcome, Status, StatusCode};
+/// use keel::core::{Error, Outcome, Status, StatusCode};
 /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
 /// let err = Error::new(Status::new(StatusCode::UNAVAILABLE, "connection lost"), Outcome::MaybeExecuted)
 ///     .with_source(io);
@@ -183,7 +183,7 @@ impl Error {
     /// (rather than because the failure was not retryable at all).
     ///
     /// ```
-    /// use rpc_core::{Error, Outcome, RetryStopped, StatusCode, StopReason};
+    /// use keel::core::{Error, Outcome, RetryStopped, StatusCode, StopReason};
     /// let err = Error::from_code(StatusCode::UNAVAILABLE, "connection lost", Outcome::MaybeExecuted)
     ///     .map_source(|cause| Box::new(RetryStopped::new(StopReason::BudgetExhausted, cause)));
     /// assert_eq!(err.retry_stopped(), Some(StopReason::BudgetExhausted));
@@ -224,7 +224,7 @@ impl Error {
 /// once. The alternate form (`{:#}`) adds every cause of the chain on a line of its own.
 ///
 /// ```
-/// use rpc_core::{Error, Outcome, StatusCode};
+/// use keel::core::{Error, Outcome, StatusCode};
 /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
 /// let err = Error::from_code(StatusCode::UNAVAILABLE, "no server at 127.0.0.1:9", Outcome::NotSent)
 ///     .with_source(refused);

@@ -11,7 +11,7 @@
 //! - [`PayloadCodec`] and [`Bincode`]: application values to payload bytes, decoded under a limit.
 //!
 //! ```
-//! use rpc_core::{Error, Idempotency, Outcome, Status, StatusCode};
+//! use keel::core::{Error, Idempotency, Outcome, Status, StatusCode};
 //!
 //! // A call whose connection dropped after the request was written:
 //! let err = Error::new(Status::new(StatusCode::UNAVAILABLE, "connection reset"), Outcome::MaybeExecuted);

@@ -76,7 +76,7 @@ pub enum MetadataError {
 /// Lower case only, so that keys compare byte for byte with no case folding on the hot path.
 ///
 /// ```
-/// use rpc_core::MetadataKey;
+/// use keel::core::MetadataKey;
 /// assert!(MetadataKey::try_from("trace-id").is_ok());
 /// assert!(MetadataKey::try_from("Trace-Id").is_err());
 /// assert!(MetadataKey::try_from("").is_err());
@@ -185,7 +185,7 @@ impl fmt::Display for MetadataKey {
 /// [`DEFAULT_MAX_METADATA_SIZE`]), and a list beats a hash map at that size.
 ///
 /// ```
-/// use rpc_core::{Metadata, MetadataKey};
+/// use keel::core::{Metadata, MetadataKey};
 /// let mut md = Metadata::new();
 /// md.insert(MetadataKey::from_static("tenant"), "acme");
 /// md.append(MetadataKey::from_static("tag"), "a");
@@ -291,7 +291,7 @@ impl Metadata {
     /// [`MetadataError::TooLarge`] when [`Metadata::encoded_len`] exceeds `max`.
     ///
     /// ```
-    /// use rpc_core::{Metadata, MetadataKey};
+    /// use keel::core::{Metadata, MetadataKey};
     /// let mut md = Metadata::new();
     /// md.insert(MetadataKey::from_static("k"), vec![0u8; 10]); // 5 + 1 + 10 bytes
     /// assert!(md.check_size(16).is_ok());

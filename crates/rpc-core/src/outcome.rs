@@ -9,7 +9,7 @@ use std::fmt;
 /// client learns each one from the wire. The order of the variants is from safest to least safe.
 ///
 /// ```
-/// use rpc_core::{Idempotency, Outcome};
+/// use keel::core::{Idempotency, Outcome};
 /// assert!(Outcome::NotExecuted.permits_retry(Idempotency::NonIdempotent));
 /// assert!(!Outcome::MaybeExecuted.permits_retry(Idempotency::NonIdempotent));
 /// assert!(Outcome::MaybeExecuted.permits_retry(Idempotency::Idempotent));
@@ -75,7 +75,7 @@ impl Outcome {
     /// say.
     ///
     /// ```
-    /// use rpc_core::Outcome;
+    /// use keel::core::Outcome;
     /// assert_eq!(Outcome::MaybeExecuted.combine(Outcome::NotSent), Outcome::MaybeExecuted);
     /// assert_eq!(Outcome::NotSent.combine(Outcome::NotExecuted), Outcome::NotExecuted);
     /// ```

@@ -7,8 +7,8 @@ use crate::Metadata;
 /// A successful call's result: the serialized payload and the response metadata.
 ///
 /// ```
-/// use bytes::Bytes;
-/// use rpc_core::Reply;
+/// use keel::Bytes;
+/// use keel::core::Reply;
 /// let reply = Reply::from(Bytes::from_static(b"ok"));
 /// assert_eq!(&reply.payload[..], b"ok");
 /// assert!(reply.metadata.is_empty());

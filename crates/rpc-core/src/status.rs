@@ -10,7 +10,7 @@ use crate::Metadata;
 /// still round-trips unchanged: `StatusCode(42)` decodes, displays as `CODE_42` and encodes as 42.
 ///
 /// ```
-/// use rpc_core::StatusCode;
+/// use keel::core::StatusCode;
 /// assert_eq!(StatusCode::UNAVAILABLE.as_u32(), 14);
 /// assert_eq!(StatusCode::from(14), StatusCode::UNAVAILABLE);
 /// assert_eq!(StatusCode::from(42).to_string(), "CODE_42");
@@ -124,7 +124,7 @@ impl fmt::Debug for StatusCode {
 /// How a call ended, as the server reports it: a code, a human-readable message and metadata.
 ///
 /// ```
-/// use rpc_core::{Status, StatusCode};
+/// use keel::core::{Status, StatusCode};
 /// let status = Status::new(StatusCode::NOT_FOUND, "no user 7");
 /// assert_eq!(status.code(), StatusCode::NOT_FOUND);
 /// assert_eq!(status.to_string(), "NOT_FOUND: no user 7");
@@ -174,7 +174,7 @@ impl Status {
     /// validation); a status returned after the call did part of its work must not be marked.
     ///
     /// ```
-    /// use rpc_core::{Status, StatusCode};
+    /// use keel::core::{Status, StatusCode};
     /// let busy = Status::new(StatusCode::UNAVAILABLE, "queue full").not_executed();
     /// assert!(busy.is_not_executed());
     /// assert!(!Status::new(StatusCode::UNAVAILABLE, "lost").is_not_executed());

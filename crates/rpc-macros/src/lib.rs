@@ -25,9 +25,8 @@ use proc_macro_crate::{FoundCrate, crate_name};
 use quote::quote;
 use syn::{ItemTrait, LitStr, parse_macro_input};
 
-/// Generates a typed client and a server adapter from a trait of `async fn`s.
-///
-/// See the `keel` crate's documentation for an example.
+/// The `#[service]` attribute, used as `#[keel::service]`; `keel::service` documents every method
+/// attribute, with an example of each.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     let krate = match facade_path(attr) {

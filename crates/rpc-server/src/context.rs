@@ -36,9 +36,9 @@ pub enum ResponseMetadataError {
 /// Works in any handler, typed or not, while its future is polled (not in a task it spawns).
 ///
 /// ```
-/// use bytes::Bytes;
-/// use rpc_core::MetadataKey;
-/// use rpc_server::context::{ResponseMetadataError, insert_response_metadata};
+/// use keel::Bytes;
+/// use keel::core::MetadataKey;
+/// use keel::server::context::{ResponseMetadataError, insert_response_metadata};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// // Outside a handler there is no response to set it on:
@@ -109,15 +109,15 @@ pub fn scope<F: Future>(ctx: CallContext, work: F) -> impl Future<Output = F::Ou
 /// A copy of the context of the call being served, or `None` outside a handler.
 ///
 /// ```
-/// use rpc_core::CallContext;
+/// use keel::core::CallContext;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let seen = rpc_server::context::scope(CallContext::new("Echo.echo"), async {
-///     rpc_server::context::current().map(|ctx| ctx.method().to_owned())
+/// let seen = keel::server::context::scope(CallContext::new("Echo.echo"), async {
+///     keel::server::context::current().map(|ctx| ctx.method().to_owned())
 /// })
 /// .await;
 /// assert_eq!(seen.as_deref(), Some("Echo.echo"));
-/// assert!(rpc_server::context::current().is_none());
+/// assert!(keel::server::context::current().is_none());
 /// # }
 /// ```
 #[must_use]

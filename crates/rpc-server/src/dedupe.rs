@@ -42,7 +42,7 @@ pub use rpc_core::metadata::{MAX_REQUEST_ID_LEN, REPLAYED_KEY, REQUEST_ID_KEY};
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_server::{DedupeConfig, Server};
+/// use keel::server::{DedupeConfig, Server};
 ///
 /// let server = Server::builder()
 ///     .dedupe(DedupeConfig::new().ttl(Duration::from_secs(30)).max_entries(10_000))

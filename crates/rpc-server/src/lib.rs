@@ -7,9 +7,9 @@
 //! `#[service]` macro generates them from a trait; here is one by hand:
 //!
 //! ```
-//! use bytes::Bytes;
-//! use rpc_core::{CallContext, Status, StatusCode};
-//! use rpc_server::Server;
+//! use keel::Bytes;
+//! use keel::core::{CallContext, Status, StatusCode};
+//! use keel::server::Server;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {

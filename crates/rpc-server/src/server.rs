@@ -23,9 +23,9 @@ use crate::handshake_pool::HandshakePool;
 ///
 /// ```
 /// use std::time::Duration;
-/// use bytes::Bytes;
-/// use rpc_core::CallContext;
-/// use rpc_server::Server;
+/// use keel::Bytes;
+/// use keel::core::CallContext;
+/// use keel::server::Server;
 ///
 /// let server = Server::builder()
 ///     .heartbeat_interval(Duration::from_secs(5))

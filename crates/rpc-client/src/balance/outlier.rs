@@ -21,7 +21,7 @@ use tokio::time::Instant;
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::OutlierDetection;
+/// use keel::client::OutlierDetection;
 ///
 /// let strict = OutlierDetection::new()
 ///     .consecutive_failures(3)

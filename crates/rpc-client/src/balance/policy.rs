@@ -11,7 +11,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use rpc_client::{Balancer, ConsistentHash, PeakEwma};
+/// use keel::client::{Balancer, ConsistentHash, PeakEwma};
 ///
 /// let default = Balancer::default(); // power of two choices over peak-EWMA latency
 /// let tuned = Balancer::PeakEwma(PeakEwma::new().decay(Duration::from_secs(5)).seed(7));
@@ -110,7 +110,8 @@ impl PeakEwma {
         self
     }
 
-    /// Seeds the random draws, so that a test replays the same picks.
+    /// Seeds the random draws, so that a test replays the same picks. Default: seeded from the
+    /// system's randomness.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);

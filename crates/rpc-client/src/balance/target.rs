@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 /// built, with a weight for the weighted balancers (default 1).
 ///
 /// ```
-/// use rpc_client::Target;
+/// use keel::client::Target;
 /// let a: Target = "127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap().into();
 /// let b = Target::name("127.0.0.1:7001").weight(3);
 /// # let _ = (a, b);

@@ -80,7 +80,7 @@ pub trait PayloadCodec: Clone + Send + Sync + 'static {
 /// one block rather than element by element.
 ///
 /// ```
-/// use rpc_core::{Bincode, PayloadCodec, PayloadError};
+/// use keel::core::{Bincode, PayloadCodec, PayloadError};
 /// let codec = Bincode::with_limit(1024);
 /// let bytes = codec.encode(&("hello", 7u32)).unwrap();
 /// let (s, n): (String, u32) = codec.decode(&bytes).unwrap();
@@ -111,7 +111,7 @@ impl Bincode {
     /// [`DECODE_LIMIT_PER_FRAME_BYTE`] × `max_frame_size` bytes.
     ///
     /// ```
-    /// use rpc_core::{Bincode, DEFAULT_DECODE_LIMIT};
+    /// use keel::core::{Bincode, DEFAULT_DECODE_LIMIT};
     /// assert_eq!(Bincode::for_frame_limit(4 * 1024 * 1024).limit(), DEFAULT_DECODE_LIMIT);
     /// assert_eq!(Bincode::for_frame_limit(64 * 1024 * 1024).limit(), 256 * 1024 * 1024);
     /// ```
