@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::metadata::SCHEMA_KEY;
-use rpc_core::{Bincode, CallContext, Error, ErrorKind, Outcome, PayloadCodec, Status, StatusCode};
+use rpc_core::{
+    Bincode, CallContext, Error, ErrorKind, Outcome, PayloadCodec, Reply, Status, StatusCode,
+};
 use rpc_server::{Handler, HandlerFuture};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -365,14 +367,27 @@ where
                 format!("{}: the arguments do not decode: {e}", self.method),
             )
         })?;
-        Ok(Box::pin(rpc_server::context::scope(ctx, async move {
-            let result = (self.run)(Arc::clone(&self.service), args).await?;
-            codec.encode(&result).map_err(|e| {
-                Status::new(
-                    StatusCode::INTERNAL,
-                    format!("{}: the result does not encode: {e}", self.method),
-                )
-            })
-        })))
+        Ok(Box::pin(async move {
+            let (result, metadata) = rpc_server::context::scope_with_response(
+                ctx,
+                (self.run)(Arc::clone(&self.service), args),
+            )
+            .await;
+            match result {
+                Ok(value) => match codec.encode(&value) {
+                    Ok(payload) => Ok(Reply { payload, metadata }),
+                    Err(e) => Err(Status::new(
+                        StatusCode::INTERNAL,
+                        format!("{}: the result does not encode: {e}", self.method),
+                    )),
+                },
+                Err(mut status) => {
+                    for (key, value) in metadata.iter() {
+                        status.metadata_mut().append(key.clone(), value.clone());
+                    }
+                    Err(status)
+                }
+            }
+        }))
     }
 }

@@ -445,7 +445,7 @@ impl keel::server::Handler for NonEmpty {
         }
         Ok(Box::pin(keel::server::context::scope(ctx, async move {
             let method = keel::server::context::with_current(|c| c.method().to_owned());
-            Ok(Bytes::from(method.unwrap_or_default()))
+            Ok(Bytes::from(method.unwrap_or_default()).into())
         })))
     }
 }

@@ -124,9 +124,13 @@ impl Dispatch {
             peer = %self.pool.addr(),
             call_id = tracing::field::Empty,
         );
-        let result = send_and_wait(conn, request, attempt.deadline, &slot)
-            .instrument(span.clone())
-            .await;
+        let sending = send_and_wait(conn, request, attempt.deadline, &slot);
+        // A disabled span still costs an enter and an exit on every poll: skip it then.
+        let result = if span.is_disabled() {
+            sending.await
+        } else {
+            sending.instrument(span.clone()).await
+        };
         if !span.is_disabled() {
             span.record("call_id", slot.call_id());
             span.in_scope(|| match &result {

@@ -157,43 +157,53 @@ fn client_method(method: &Method, service: &str, krate: &TokenStream) -> TokenSt
         #at_blame::__private::ClientMethod::<#args_tuple, #value>::checked(#wire)
     );
     let unchecked = quote_spanned!(blame=> #at_blame::__private::ClientMethod::<#args_tuple, #value>::unchecked());
+    // The method's types, checked and made once, in one place shared by both client methods (so
+    // a type that cannot travel is reported once for the client).
+    let types_fn = format_ident!("__{}_types", name.unraw());
     let types = if method.schema_check {
         quote! {
             static METHOD: ::std::sync::OnceLock<#method_types> = ::std::sync::OnceLock::new();
-            let method = METHOD.get_or_init(|| #checked);
+            METHOD.get_or_init(|| #checked)
         }
     } else {
         quote! {
-            let method = &const { #unchecked };
+            static METHOD: #method_types = #unchecked;
+            &METHOD
         }
     };
+    // Both methods call `__private::call` themselves: one async layer each, so the call's large
+    // future is not moved once more through a wrapper.
+    let call = quote! {
+        #krate::__private::call(
+            &self.channel,
+            #wire,
+            &(#(#arg_names,)*),
+            ::core::clone::Clone::clone(&self.options),
+            #defaults,
+            Self::#types_fn(),
+        )
+        .await
+    };
     quote! {
+        #[doc(hidden)]
+        fn #types_fn() -> &'static #method_types {
+            #types
+        }
+
         #(#docs)*
         ///
         #[doc = #note]
         pub async fn #name(&self, #(#arg_names: #arg_types),*)
             -> ::core::result::Result<#value, #krate::Error>
         {
-            ::core::result::Result::map(
-                self.#with_metadata(#(#arg_names),*).await,
-                #krate::Response::into_value,
-            )
+            ::core::result::Result::map(#call, #krate::Response::into_value)
         }
 
         #[doc = #metadata_doc]
         pub async fn #with_metadata(&self, #(#arg_names: #arg_types),*)
             -> ::core::result::Result<#krate::Response<#value>, #krate::Error>
         {
-            #types
-            #krate::__private::call(
-                &self.channel,
-                #wire,
-                &(#(#arg_names,)*),
-                ::core::clone::Clone::clone(&self.options),
-                #defaults,
-                method,
-            )
-            .await
+            #call
         }
     }
 }

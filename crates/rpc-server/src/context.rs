@@ -9,8 +9,23 @@ use rpc_core::metadata::RESERVED_PREFIX;
 use rpc_core::{CallContext, Metadata, MetadataKey};
 
 tokio::task_local! {
-    static CURRENT: CallContext;
-    static RESPONSE: RefCell<Metadata>;
+    static CURRENT: Current;
+}
+
+/// What a call's task holds while its handler runs: the context, and the metadata the handler
+/// attaches to its response.
+struct Current {
+    ctx: CallContext,
+    response: RefCell<Metadata>,
+}
+
+impl Current {
+    fn new(ctx: CallContext) -> Self {
+        Self {
+            ctx,
+            response: RefCell::new(Metadata::new()),
+        }
+    }
 }
 
 /// Why response metadata was not set.
@@ -33,7 +48,10 @@ pub enum ResponseMetadataError {
 /// Sets `key` to `value` in the metadata of the response of the call being served, replacing
 /// any value set before; sent with the result, or with the status if the call fails.
 ///
-/// Works in any handler, typed or not, while its future is polled (not in a task it spawns).
+/// Works in the methods of a `#[service]` trait, and in any handler run under
+/// [`scope_with_response`], while its future is polled (not in a task it spawns). (A closure
+/// registered with `ServerBuilder::register` returns bytes alone: implement
+/// [`Handler`](crate::Handler) to answer with a [`Reply`](rpc_core::Reply) and its metadata.)
 ///
 /// ```
 /// use keel::Bytes;
@@ -82,28 +100,48 @@ fn edit_response(
             key: key.as_str().to_owned(),
         });
     }
-    RESPONSE
-        .try_with(|metadata| edit(&mut metadata.borrow_mut(), key, value))
+    CURRENT
+        .try_with(|current| edit(&mut current.response.borrow_mut(), key, value))
         .map_err(|_| ResponseMetadataError::OutsideHandler)
-}
-
-/// Runs a handler's `work` with a response metadata slot in scope; its output comes with the
-/// metadata set while it ran.
-pub(crate) async fn collecting_response_metadata<F: Future>(work: F) -> (F::Output, Metadata) {
-    RESPONSE
-        .scope(RefCell::new(Metadata::new()), async move {
-            let output = work.await;
-            let metadata = RESPONSE.with(RefCell::take);
-            (output, metadata)
-        })
-        .await
 }
 
 /// Runs `work` with `ctx` as the current call context: [`current`] and [`with_current`] called
 /// while `work` is polled see it. Each call's future carries its own, so calls multiplexed on one
-/// connection task never see each other's.
+/// connection task never see each other's. Response metadata set inside is dropped: a handler
+/// that sends it uses [`scope_with_response`].
 pub fn scope<F: Future>(ctx: CallContext, work: F) -> impl Future<Output = F::Output> {
-    CURRENT.scope(ctx, work)
+    CURRENT.scope(Current::new(ctx), work)
+}
+
+/// [`scope`], and the metadata [`insert_response_metadata`] and [`append_response_metadata`]
+/// set while `work` ran, for the handler to put in its [`Reply`](rpc_core::Reply) (the
+/// handlers `#[service]` generates run their methods this way).
+///
+/// ```
+/// use keel::Bytes;
+/// use keel::core::{CallContext, MetadataKey};
+/// use keel::server::context::{insert_response_metadata, scope_with_response};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (value, metadata) = scope_with_response(CallContext::new("Kv.get"), async {
+///     insert_response_metadata(MetadataKey::from_static("x-cache"), Bytes::from_static(b"hit"))
+///         .unwrap();
+///     7
+/// })
+/// .await;
+/// assert_eq!((value, metadata.get_str("x-cache")), (7, Some("hit")));
+/// # }
+/// ```
+pub fn scope_with_response<F: Future>(
+    ctx: CallContext,
+    work: F,
+) -> impl Future<Output = (F::Output, Metadata)> {
+    // Not an `async fn`: `work` is moved into the scope's future once, not kept beside it too.
+    CURRENT.scope(Current::new(ctx), async move {
+        let output = work.await;
+        let metadata = CURRENT.with(|current| current.response.take());
+        (output, metadata)
+    })
 }
 
 /// A copy of the context of the call being served, or `None` outside a handler.
@@ -122,11 +160,11 @@ pub fn scope<F: Future>(ctx: CallContext, work: F) -> impl Future<Output = F::Ou
 /// ```
 #[must_use]
 pub fn current() -> Option<CallContext> {
-    CURRENT.try_with(CallContext::clone).ok()
+    CURRENT.try_with(|current| current.ctx.clone()).ok()
 }
 
 /// Calls `f` with the context of the call being served, without copying it; `None` outside a
 /// handler.
 pub fn with_current<R>(f: impl FnOnce(&CallContext) -> R) -> Option<R> {
-    CURRENT.try_with(f).ok()
+    CURRENT.try_with(|current| f(&current.ctx)).ok()
 }

@@ -6,13 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpc_core::{CallContext, Status};
+use rpc_core::{CallContext, Reply, Status};
 
-/// What a handler returns: the serialized result, or the status the call fails with.
+/// What a closure handler returns: the serialized result, or the status the call fails with.
 pub type HandlerResult = Result<Bytes, Status>;
 
-/// The boxed future a [`Handler`] returns.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
+/// The boxed future a [`Handler`] returns: the serialized result with the response's metadata
+/// ([`Reply`]; `Reply::from(bytes)` for none), or the status the call fails with.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send + 'static>>;
 
 /// Serves calls of one method: bytes in, a result of bytes out, with the call's context.
 ///
@@ -46,7 +47,9 @@ where
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
-        Ok(Box::pin(async move { (*self)(ctx, payload).await }))
+        Ok(Box::pin(async move {
+            (*self)(ctx, payload).await.map(Reply::from)
+        }))
     }
 }
 

@@ -500,7 +500,7 @@ impl Handler for RefusesOnce {
         let runs = Arc::clone(&self.runs);
         Ok(Box::pin(async move {
             let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            Ok(Bytes::from(format!("run {n}")))
+            Ok(Bytes::from(format!("run {n}")).into())
         }))
     }
 }
