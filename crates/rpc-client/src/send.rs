@@ -125,19 +125,22 @@ impl Dispatch {
             call_id = tracing::field::Empty,
         );
         let sending = send_and_wait(conn, request, attempt.deadline, &slot);
-        // A disabled span still costs an enter and an exit on every poll: skip it then.
         let result = if span.is_disabled() {
+            // Off (nobody wants DEBUG): the span is not kept, so the attempt's future is no larger.
+            drop(span);
             sending.await
         } else {
-            sending.instrument(span.clone()).await
-        };
-        if !span.is_disabled() {
+            // On: the span goes in a box of its own, entered on every poll of the attempt.
+            let mut sending = Box::pin(sending.instrument(span));
+            let result = (&mut sending).await;
+            let span = sending.span();
             span.record("call_id", slot.call_id());
             span.in_scope(|| match &result {
                 Ok(_) => tracing::trace!("answered: OK"),
                 Err(err) => tracing::trace!(code = %err.code(), outcome = %err.outcome(), "failed"),
             });
-        }
+            result
+        };
         // The method's observed latency: the average counts every attempt the server answered
         // (to judge whether another fits in a deadline), the hedging percentiles only successes.
         // Time spent waiting in the connection for a server slot is not the server's latency.

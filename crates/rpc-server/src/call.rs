@@ -59,7 +59,6 @@ pub(crate) fn dispatch(
     call_id: u64,
     deadline: Option<Deadline>,
     work: HandlerFuture,
-    span: Span,
 ) -> (CallFuture, RunningCall) {
     let started = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&started);
@@ -68,7 +67,7 @@ pub(crate) fn dispatch(
         contain(call_id, work).await
     };
     let run = async move { Ending::ran(until(deadline, run, || Err(deadline_exceeded())).await) };
-    supervise(call_id, run, started, span)
+    supervise(call_id, run, started)
 }
 
 /// Starts the detached execution of a deduplicated call (tracked by `tracker`, so a graceful
@@ -83,14 +82,12 @@ pub(crate) fn detach(
     runner: Runner,
     stop: CancellationToken,
     tracker: &TaskTracker,
-    span: Span,
 ) {
     let execution = until(
         deadline,
         contain(call_id, work),
         || Err(deadline_exceeded()),
     );
-    let execution = in_span(execution, span);
     tracker.spawn(async move {
         tokio::select! {
             biased;
@@ -113,7 +110,6 @@ pub(crate) fn wait(
     deadline: Option<Deadline>,
     waiter: Waiter,
     replayed: bool,
-    span: Span,
 ) -> (CallFuture, RunningCall) {
     let run = async move {
         let shared = async move {
@@ -136,7 +132,7 @@ pub(crate) fn wait(
         };
         until(deadline, shared, || Ending::ran(Err(deadline_exceeded()))).await
     };
-    supervise(call_id, run, Arc::new(AtomicBool::new(true)), span)
+    supervise(call_id, run, Arc::new(AtomicBool::new(true)))
 }
 
 /// How a call's work ended, before it becomes a [`CallDone`].
@@ -164,12 +160,11 @@ fn supervise(
     call_id: u64,
     run: impl Future<Output = Ending> + Send + 'static,
     started: Arc<AtomicBool>,
-    span: Span,
 ) -> (CallFuture, RunningCall) {
     let (abort, registration) = AbortHandle::new_pair();
     let flag = Arc::clone(&started);
     let fut = async move {
-        match Abortable::new(in_span(run, span), registration).await {
+        match Abortable::new(run, registration).await {
             Ok(ending) => CallDone {
                 call_id,
                 result: ending.result,
@@ -197,16 +192,13 @@ fn supervise(
     )
 }
 
-/// `work` inside `span`, or `work` alone when the span is off (no subscriber wants it): a
-/// disabled span still costs an enter and an exit on every poll.
-fn in_span<F: Future>(
-    work: F,
-    span: Span,
-) -> futures::future::Either<F, tracing::instrument::Instrumented<F>> {
+/// A handler's `work` inside `span`. Only when the span is on (a subscriber wants DEBUG): then
+/// it costs a box of its own; off, the call's future is not one byte larger.
+pub(crate) fn in_span(work: HandlerFuture, span: Span) -> HandlerFuture {
     if span.is_disabled() {
-        futures::future::Either::Left(work)
+        work
     } else {
-        futures::future::Either::Right(work.instrument(span))
+        Box::pin(work.instrument(span))
     }
 }
 

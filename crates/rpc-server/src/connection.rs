@@ -419,7 +419,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let span = call_span(&ctx, self.peer);
         match span.in_scope(|| start(handler, ctx, request.payload)) {
             Ok(work) => {
-                let (future, mut running) = dispatch(id, deadline, work, span);
+                let work = call::in_span(work, span);
+                let (future, mut running) = dispatch(id, deadline, work);
                 running.permit = Some(permit);
                 self.run(id, future, running);
             }
@@ -451,14 +452,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         let (future, running) = match claim {
             Claim::Replay(result) => return self.respond(id, result, false, true),
-            Claim::Join(waiter) => call::wait(id, deadline, waiter, true, span),
+            Claim::Join(waiter) => call::wait(id, deadline, waiter, true),
             Claim::Run(runner) => match span.in_scope(|| start(handler, ctx, payload)) {
                 Ok(work) => {
                     let waiter = runner.waiter();
                     let stop = self.detach.stop.clone();
                     let tracker = &self.detach.tracker;
-                    call::detach(id, deadline, work, runner, stop, tracker, span.clone());
-                    call::wait(id, deadline, waiter, false, span)
+                    let work = call::in_span(work, span);
+                    call::detach(id, deadline, work, runner, stop, tracker);
+                    call::wait(id, deadline, waiter, false)
                 }
                 Err((status, true)) => {
                     // Refused before anything ran: no entry, so a later attempt may run.
