@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_core::metadata::SCHEMA_KEY;
 use rpc_core::{
     Bincode, CallContext, Error, ErrorKind, Outcome, PayloadCodec, Reply, Status, StatusCode,
 };
@@ -193,7 +192,7 @@ impl Schema {
     /// Refuses a call whose client sent a different fingerprint. A client that sent none (a
     /// raw call, another implementation, `#[no_schema_check]` on its side) is not checked.
     fn check(&self, method: &str, ctx: &CallContext) -> Result<(), Status> {
-        let (Some(ours), Some(theirs)) = (&self.fingerprint, ctx.metadata().get(SCHEMA_KEY)) else {
+        let (Some(ours), Some(theirs)) = (&self.fingerprint, ctx.schema_fingerprint()) else {
             return Ok(());
         };
         if ours == theirs {

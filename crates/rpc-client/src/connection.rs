@@ -1161,8 +1161,8 @@ fn too_late(call: &CallCommand, expected: Duration, now: Instant) -> Error {
 /// Checks a request against the server's limits before it is queued, so an oversize call fails
 /// locally with both sizes named instead of closing the connection.
 pub(crate) fn check_limits(peer: &Settings, request: &Request) -> Result<(), Error> {
-    let metadata_len = request.metadata.encoded_len();
-    if request.metadata.check_size(peer.max_metadata_size).is_err() {
+    if !request.metadata_fits(peer.max_metadata_size) {
+        let metadata_len = request.metadata_len();
         return Err(Error::from_code(
             StatusCode::RESOURCE_EXHAUSTED,
             format!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_codec::{Budget, Request};
-use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY, SCHEMA_KEY};
+use rpc_core::metadata::{ATTEMPT_KEY, MetadataKey, REQUEST_ID_KEY};
 use rpc_core::{Deadline, Error, ErrorKind, Outcome, StatusCode};
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
@@ -107,11 +107,8 @@ impl Dispatch {
                 .metadata
                 .insert(MetadataKey::from_static(REQUEST_ID_KEY), id.clone());
         }
-        if let Some(schema) = &attempt.call.schema {
-            request
-                .metadata
-                .append(MetadataKey::from_static(SCHEMA_KEY), schema.clone());
-        }
+        // In its own slot: the request needs no metadata list for it.
+        request.schema.clone_from(&attempt.call.schema);
         check_limits(&conn.peer, &request)?;
         let method = request.method.clone();
         let slot = CallSlot::new();

@@ -2,6 +2,7 @@
 //! integers, length-prefixed fields handed out as zero-copy [`Bytes`] slices, and metadata blocks.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rpc_core::metadata::SCHEMA_KEY;
 use rpc_core::{Metadata, MetadataKey};
 
 use crate::error::{BodyError, EncodeError};
@@ -73,25 +74,51 @@ impl BodyReader {
     /// A metadata block: a `u32` length, checked against `max` before any entry is read, then
     /// entries filling exactly that many bytes.
     pub(crate) fn metadata(&mut self, max: u32) -> Result<Metadata, BodyError> {
+        self.metadata_entries(max, false)
+            .map(|(metadata, _)| metadata)
+    }
+
+    /// A REQUEST's metadata block, its first `rpc-schema` entry taken out (no list is allocated
+    /// for a block that holds only that one).
+    pub(crate) fn metadata_and_schema(
+        &mut self,
+        max: u32,
+    ) -> Result<(Metadata, Option<Bytes>), BodyError> {
+        self.metadata_entries(max, true)
+    }
+
+    fn metadata_entries(
+        &mut self,
+        max: u32,
+        take_schema: bool,
+    ) -> Result<(Metadata, Option<Bytes>), BodyError> {
         let len = self.u32("metadata length")?;
         if len > max {
             return Err(BodyError::MetadataTooLarge { len, max });
         }
         let block = self.take(usize_from(len), "metadata")?;
+        let mut metadata = Metadata::new();
+        let mut schema = None;
         if block.is_empty() {
-            return Ok(Metadata::new());
+            return Ok((metadata, schema));
         }
         let mut entries = Self::new(block);
-        let mut metadata = Metadata::new();
         while !entries.is_at_end() {
             let key_len = entries.u8("metadata key length")?;
             let key = entries.take(usize::from(key_len), "metadata key")?;
-            let key = MetadataKey::from_bytes(key).map_err(BodyError::InvalidMetadataKey)?;
+            let key = if take_schema && schema.is_none() && key == SCHEMA_KEY.as_bytes() {
+                None
+            } else {
+                Some(MetadataKey::from_bytes(key).map_err(BodyError::InvalidMetadataKey)?)
+            };
             let value_len = entries.u32("metadata value length")?;
             let value = entries.take(usize_from(value_len), "metadata value")?;
-            metadata.append(key, value);
+            match key {
+                Some(key) => metadata.append(key, value),
+                None => schema = Some(value),
+            }
         }
-        Ok(metadata)
+        Ok((metadata, schema))
     }
 
     /// Everything not read yet.
@@ -141,12 +168,28 @@ pub(crate) fn check_metadata(metadata: &Metadata, max: u32) -> Result<(), Encode
 
 /// Writes a metadata block; [`check_metadata`] must have passed.
 pub(crate) fn put_metadata(dst: &mut BytesMut, metadata: &Metadata) {
-    dst.put_u32(u32::try_from(metadata.encoded_len()).unwrap_or(u32::MAX));
+    put_metadata_with_len(dst, metadata, metadata.encoded_len());
+}
+
+/// Writes a metadata block's length `len` and `metadata`'s entries; entries worth the rest of
+/// `len` must follow ([`put_entry`]).
+pub(crate) fn put_metadata_with_len(dst: &mut BytesMut, metadata: &Metadata, len: usize) {
+    dst.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     for (key, value) in metadata.iter() {
-        // Keys are at most 255 bytes and the block fits in u32: both prefixes are exact.
-        dst.put_u8(u8::try_from(key.as_bytes().len()).unwrap_or(u8::MAX));
-        dst.put_slice(key.as_bytes());
-        dst.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
-        dst.put_slice(value);
+        put_entry(dst, key.as_bytes(), value);
     }
+}
+
+/// Writes one metadata entry. Keys are at most 255 bytes and the block fits in u32 (checked
+/// before): both prefixes are exact.
+pub(crate) fn put_entry(dst: &mut BytesMut, key: &[u8], value: &[u8]) {
+    dst.put_u8(u8::try_from(key.len()).unwrap_or(u8::MAX));
+    dst.put_slice(key);
+    dst.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
+    dst.put_slice(value);
+}
+
+/// What an `rpc-schema` entry with `value` adds to a metadata block.
+pub(crate) fn schema_entry_len(value: &[u8]) -> usize {
+    1 + SCHEMA_KEY.len() + 4 + value.len()
 }

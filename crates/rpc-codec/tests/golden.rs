@@ -88,9 +88,60 @@ fn request_with_metadata() {
         budget: Budget::from_micros(250_000),
         method: MethodName::from_static("Echo.echo"),
         metadata,
+        schema: None,
         payload: Bytes::from_static(b"hi"),
     };
     check_frame("request", Frame::Request(request), Role::Server);
+}
+
+#[test]
+fn the_schema_slot_is_an_ordinary_last_metadata_entry_on_the_wire() {
+    // What a #[service] client sends: `rpc-schema` in its own slot, written after the entries.
+    let fingerprint = Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut metadata = Metadata::new();
+    metadata.insert(MetadataKey::from_static("trace-id"), "7f");
+    let mut slotted = Request::new(
+        3,
+        MethodName::from_static("Kv.cas"),
+        Bytes::from_static(b"x"),
+    );
+    slotted.metadata = metadata.clone();
+    slotted.schema = Some(fingerprint.clone());
+    // The same entry as plain metadata, as another implementation may send it.
+    let mut listed = slotted.clone();
+    listed.schema = None;
+    listed
+        .metadata
+        .append(MetadataKey::from_static("rpc-schema"), fingerprint.clone());
+    let bytes = support::encode(&Frame::Request(slotted.clone()));
+    assert_eq!(
+        bytes,
+        support::encode(&Frame::Request(listed)),
+        "byte for byte the same"
+    );
+    // Either way the receiver takes the first `rpc-schema` out of the list, into the slot.
+    let decoded = decode_one(&mut open_decoder(Role::Server), bytes).unwrap();
+    assert_eq!(decoded, Ok(Frame::Request(slotted.clone())));
+    // Only the first on the wire goes in the slot (here the listed one, written before the
+    // slot's); a second stays in the list.
+    let mut twice = slotted.clone();
+    twice.metadata.append(
+        MetadataKey::from_static("rpc-schema"),
+        Bytes::from_static(b"second"),
+    );
+    let decoded = decode_one(
+        &mut open_decoder(Role::Server),
+        support::encode(&Frame::Request(twice.clone())),
+    )
+    .unwrap();
+    let Ok(Frame::Request(request)) = decoded else {
+        panic!("{decoded:?}")
+    };
+    assert_eq!(request.schema.as_deref(), Some(&b"second"[..]));
+    assert_eq!(request.metadata.get("rpc-schema"), Some(&fingerprint));
+    // The slot counts against the metadata limit like any entry.
+    assert!(slotted.metadata_fits(2 + 5 + 8 + 5 + 10 + 8));
+    assert!(!slotted.metadata_fits(2 + 5 + 8 + 5 + 10 + 8 - 1));
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub struct CallContext {
     peer_addr: Option<SocketAddr>,
     idempotency: Idempotency,
     decode_limit: usize,
+    schema_fingerprint: Option<bytes::Bytes>,
 }
 
 impl CallContext {
@@ -44,6 +45,7 @@ impl CallContext {
             peer_addr: None,
             idempotency: Idempotency::NonIdempotent,
             decode_limit: crate::DEFAULT_DECODE_LIMIT,
+            schema_fingerprint: None,
         }
     }
 
@@ -80,6 +82,21 @@ impl CallContext {
     pub fn with_idempotency(mut self, idempotency: Idempotency) -> Self {
         self.idempotency = idempotency;
         self
+    }
+
+    /// This context with the schema fingerprint the client sent (the server sets it).
+    #[must_use]
+    pub fn with_schema_fingerprint(mut self, fingerprint: Option<bytes::Bytes>) -> Self {
+        self.schema_fingerprint = fingerprint;
+        self
+    }
+
+    /// The schema fingerprint the client sent for the method's types (`rpc-schema`,
+    /// docs/PROTOCOL.md §5.8), kept out of [`metadata`](Self::metadata); `None` if it sent none.
+    /// The handlers `#[service]` generates refuse a call whose fingerprint differs from theirs.
+    #[must_use]
+    pub fn schema_fingerprint(&self) -> Option<&bytes::Bytes> {
+        self.schema_fingerprint.as_ref()
     }
 
     /// This context with a decode limit of `limit` bytes.

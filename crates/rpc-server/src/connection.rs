@@ -408,6 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .with_call_id(id)
             .with_deadline(deadline)
             .with_metadata(request.metadata)
+            .with_schema_fingerprint(request.schema)
             .with_peer_addr(self.peer)
             .with_idempotency(Idempotency::from_flag(request.idempotent))
             .with_decode_limit(

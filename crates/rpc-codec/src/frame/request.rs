@@ -18,8 +18,11 @@ use rpc_core::Metadata;
 
 use super::WireFrame;
 use crate::error::{BodyError, EncodeError};
-use crate::wire::{BodyReader, check_metadata, metadata_wire_len, put_metadata};
+use crate::wire::{
+    BodyReader, check_metadata, put_entry, put_metadata, put_metadata_with_len, schema_entry_len,
+};
 use crate::{Budget, FrameKind, Settings};
+use rpc_core::metadata::SCHEMA_KEY;
 
 /// REQUEST flag: the method is idempotent, so the call may be retried after an unknown outcome.
 pub const FLAG_IDEMPOTENT: u8 = 0x01;
@@ -121,6 +124,10 @@ pub struct Request {
     pub method: MethodName,
     /// The call's metadata.
     pub metadata: Metadata,
+    /// The first `rpc-schema` entry of the metadata block (docs/PROTOCOL.md §5.8), kept apart
+    /// so that the one entry every `#[service]` call sends needs no metadata list: encoded after
+    /// the entries of [`metadata`](Self::metadata), and decoded out of them.
+    pub schema: Option<Bytes>,
     /// The serialized arguments.
     pub payload: Bytes,
 }
@@ -135,8 +142,22 @@ impl Request {
             budget: Budget::NONE,
             method,
             metadata: Metadata::new(),
+            schema: None,
             payload,
         }
+    }
+
+    /// The encoded length of the metadata block's entries, the schema entry included: what the
+    /// peer's MAX_METADATA_SIZE limits.
+    #[must_use]
+    pub fn metadata_len(&self) -> usize {
+        self.metadata.encoded_len() + self.schema.as_ref().map_or(0, |s| schema_entry_len(s))
+    }
+
+    /// Whether the metadata block, the schema entry included, fits a limit of `max` bytes.
+    #[must_use]
+    pub fn metadata_fits(&self, max: u32) -> bool {
+        u32::try_from(self.metadata_len()).is_ok_and(|len| len <= max)
     }
 
     /// The length of this request's frame body on the wire: its envelope and its payload. This
@@ -156,13 +177,14 @@ impl Request {
         let budget = Budget::from_micros(body.u64("deadline budget")?);
         let method_len = body.u16("method length")?;
         let method = MethodName::from_wire(body.bytes(usize::from(method_len), "method")?)?;
-        let metadata = body.metadata(max_metadata)?;
+        let (metadata, schema) = body.metadata_and_schema(max_metadata)?;
         Ok(Self {
             call_id,
             idempotent: flags & FLAG_IDEMPOTENT != 0,
             budget,
             method,
             metadata,
+            schema,
             payload: body.rest(),
         })
     }
@@ -182,11 +204,21 @@ impl WireFrame for Request {
     }
 
     fn check(&self, peer: &Settings) -> Result<(), EncodeError> {
-        check_metadata(&self.metadata, peer.max_metadata_size)
+        if self.schema.is_none() {
+            return check_metadata(&self.metadata, peer.max_metadata_size);
+        }
+        if self.metadata_fits(peer.max_metadata_size) {
+            Ok(())
+        } else {
+            Err(EncodeError::MetadataTooLarge {
+                len: self.metadata_len(),
+                max: peer.max_metadata_size,
+            })
+        }
     }
 
     fn envelope_len(&self) -> usize {
-        8 + 2 + self.method.as_bytes().len() + metadata_wire_len(&self.metadata)
+        8 + 2 + self.method.as_bytes().len() + 4 + self.metadata_len()
     }
 
     fn write_envelope(&self, dst: &mut BytesMut) {
@@ -194,7 +226,13 @@ impl WireFrame for Request {
         // MethodName holds at most 1024 bytes.
         dst.put_u16(u16::try_from(self.method.as_bytes().len()).unwrap_or(u16::MAX));
         dst.put_slice(self.method.as_bytes());
-        put_metadata(dst, &self.metadata);
+        match &self.schema {
+            None => put_metadata(dst, &self.metadata),
+            Some(schema) => {
+                put_metadata_with_len(dst, &self.metadata, self.metadata_len());
+                put_entry(dst, SCHEMA_KEY.as_bytes(), schema);
+            }
+        }
     }
 
     fn payload(&self) -> Bytes {

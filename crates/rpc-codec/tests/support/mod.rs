@@ -214,6 +214,7 @@ pub fn request() -> impl Strategy<Value = Request> {
                 budget,
                 method: MethodName::try_from(method).unwrap(),
                 metadata,
+                schema: None,
                 payload,
             },
         )
