@@ -231,9 +231,10 @@ impl ChannelBuilder {
     /// - a call that would join a full queue fails at once with RESOURCE_EXHAUSTED, NOT_SENT;
     /// - a call whose deadline leaves less than the predicted wait (the calls ahead of it, at
     ///   the server's concurrency per observed service time) plus its method's observed latency
-    ///   fails at once with DEADLINE_EXCEEDED, NOT_SENT;
-    /// - a held call whose deadline comes nearer than its method's observed latency fails then
-    ///   with DEADLINE_EXCEEDED, NOT_SENT.
+    ///   and a tenth (headroom: the latency is an average) fails at once with DEADLINE_EXCEEDED,
+    ///   NOT_SENT;
+    /// - a held call whose deadline comes nearer than that latency and a tenth fails then with
+    ///   DEADLINE_EXCEEDED, NOT_SENT.
     ///
     /// Under overload the server then only gets calls that can finish, so goodput stays at its
     /// capacity instead of decaying as calls time out in its handlers.
