@@ -36,9 +36,21 @@ struct Cell {
     version: AtomicU64,
     puts_run: AtomicUsize,
     tickets: AtomicU64,
-    /// Refuse the next puts, before doing anything, this many times.
+    /// Refuse the next puts and takes, before doing anything, this many times.
     refuse_puts: AtomicUsize,
     paused: AtomicBool,
+}
+
+impl Cell {
+    /// Whether this call is refused before anything changes: one of the `refuse_puts` left, or
+    /// paused.
+    fn refuses(&self) -> bool {
+        let counted = self
+            .refuse_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        counted || self.paused.load(Ordering::SeqCst)
+    }
 }
 
 fn version_key() -> MetadataKey {
@@ -56,11 +68,7 @@ impl Register for Arc<Cell> {
     }
 
     async fn put(&self, value: u64) -> Result<u64, Status> {
-        let refuse = self
-            .refuse_puts
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if refuse || self.paused.load(Ordering::SeqCst) {
+        if self.refuses() {
             return Err(Status::new(StatusCode::UNAVAILABLE, "paused").not_executed());
         }
         self.puts_run.fetch_add(1, Ordering::SeqCst);
@@ -69,11 +77,7 @@ impl Register for Arc<Cell> {
     }
 
     async fn take(&self) -> Result<u64, Status> {
-        let refuse = self
-            .refuse_puts
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if refuse || self.paused.load(Ordering::SeqCst) {
+        if self.refuses() {
             return Err(Status::new(StatusCode::UNAVAILABLE, "no tickets").not_executed());
         }
         Ok(self.tickets.fetch_add(1, Ordering::SeqCst) + 1)

@@ -39,9 +39,13 @@ pub enum ResponseMetadataError {
         /// The key refused.
         key: String,
     },
-    /// Not called while a handler's future was being polled (a task the handler spawned, say):
-    /// there is no response to attach it to.
-    #[error("response metadata can only be set while a handler runs, on its own task")]
+    /// Not called while a `#[service]` method (or a handler run under [`scope_with_response`])
+    /// was being polled: a closure handler, a task the handler spawned. There is no response to
+    /// attach it to.
+    #[error(
+        "response metadata can only be set by a #[service] method (or a handler run under \
+         scope_with_response), on its own task"
+    )]
     OutsideHandler,
 }
 
