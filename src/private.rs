@@ -357,8 +357,8 @@ where
     F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Status>> + Send + 'static,
 {
-    fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
-        self.schema.check(self.method, &ctx)?;
+    fn start(self: Arc<Self>, ctx: &CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
+        self.schema.check(self.method, ctx)?;
         let codec = Bincode::with_limit(ctx.decode_limit());
         let args: A = codec.decode(&payload).map_err(|e| {
             Status::new(
@@ -366,26 +366,17 @@ where
                 format!("{}: the arguments do not decode: {e}", self.method),
             )
         })?;
+        // The server polls this inside the call's scope: the method sees its context, sets
+        // response metadata and passes its deadline on to the calls it makes.
         Ok(Box::pin(async move {
-            let (result, metadata) = rpc_server::context::scope_with_response(
-                ctx,
-                (self.run)(Arc::clone(&self.service), args),
-            )
-            .await;
-            match result {
-                Ok(value) => match codec.encode(&value) {
-                    Ok(payload) => Ok(Reply { payload, metadata }),
-                    Err(e) => Err(Status::new(
+            match (self.run)(Arc::clone(&self.service), args).await {
+                Ok(value) => codec.encode(&value).map(Reply::from).map_err(|e| {
+                    Status::new(
                         StatusCode::INTERNAL,
                         format!("{}: the result does not encode: {e}", self.method),
-                    )),
-                },
-                Err(mut status) => {
-                    for (key, value) in metadata.iter() {
-                        status.metadata_mut().append(key.clone(), value.clone());
-                    }
-                    Err(status)
-                }
+                    )
+                }),
+                Err(status) => Err(status),
             }
         }))
     }

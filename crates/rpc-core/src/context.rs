@@ -1,6 +1,7 @@
 //! The context a call carries: its id, method, deadline, metadata and peer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::{Deadline, Idempotency, Metadata};
 
@@ -24,7 +25,7 @@ use crate::{Deadline, Idempotency, Metadata};
 #[derive(Clone, Debug)]
 pub struct CallContext {
     call_id: u64,
-    method: String,
+    method: Arc<str>,
     deadline: Option<Deadline>,
     metadata: Metadata,
     peer_addr: Option<SocketAddr>,
@@ -36,7 +37,7 @@ pub struct CallContext {
 impl CallContext {
     /// A context for a call of `method`: call id 0, no deadline, no metadata, no peer address,
     /// not idempotent, the default decode limit.
-    pub fn new(method: impl Into<String>) -> Self {
+    pub fn new(method: impl Into<Arc<str>>) -> Self {
         Self {
             call_id: 0,
             method: method.into(),
@@ -115,6 +116,12 @@ impl CallContext {
     /// The method name as sent on the wire.
     #[must_use]
     pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The method name, shared: a copy costs a reference count, not an allocation.
+    #[must_use]
+    pub fn method_name(&self) -> &Arc<str> {
         &self.method
     }
 

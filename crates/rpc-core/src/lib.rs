@@ -7,7 +7,8 @@
 //! - [`Error`]: what a failed call returns: status, outcome, [`ErrorKind`] and cause chain.
 //! - [`Deadline`]: an absolute instant locally, a relative budget on the wire.
 //! - [`Metadata`]: validated keys with binary values, and their size on the wire.
-//! - [`CallContext`]: what a handler knows about its call.
+//! - [`CallContext`]: what a handler knows about its call; [`current`]: the call being served,
+//!   as the code inside its handler (and the calls it makes) sees it.
 //! - [`PayloadCodec`] and [`Bincode`]: application values to payload bytes, decoded under a limit.
 //!
 //! ```
@@ -33,6 +34,7 @@
 )]
 
 mod context;
+pub mod current;
 mod deadline;
 mod error;
 pub mod metadata;

@@ -320,6 +320,16 @@ impl Extend<(MetadataKey, Bytes)> for Metadata {
     }
 }
 
+/// The entries in order, keys repeated as appended.
+impl IntoIterator for Metadata {
+    type Item = (MetadataKey, Bytes);
+    type IntoIter = std::vec::IntoIter<(MetadataKey, Bytes)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
 impl FromIterator<(MetadataKey, Bytes)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (MetadataKey, Bytes)>>(iter: I) -> Self {
         Self {

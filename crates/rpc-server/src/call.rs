@@ -55,16 +55,13 @@ impl RunningCall {
 /// Wraps a started handler's future for one call: it counts as started from its first poll
 /// (so a CANCEL before then means nothing of it ran), it is stopped at the deadline, dropped on
 /// abort, and a panic fails only this call with INTERNAL.
-pub(crate) fn dispatch(
-    call_id: u64,
-    deadline: Option<Deadline>,
-    work: HandlerFuture,
-) -> (CallFuture, RunningCall) {
+pub(crate) fn dispatch(ctx: CallContext, work: HandlerFuture) -> (CallFuture, RunningCall) {
+    let (call_id, deadline) = (ctx.call_id(), ctx.deadline());
     let started = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&started);
     let run = async move {
         flag.store(true, Ordering::Release);
-        contain(call_id, work).await
+        contain(call_id, served(ctx, work)).await
     };
     let run = async move { Ending::ran(until(deadline, run, || Err(deadline_exceeded())).await) };
     supervise(call_id, run, started)
@@ -76,18 +73,16 @@ pub(crate) fn dispatch(
 /// (INTERNAL for a panic, DEADLINE_EXCEEDED at the deadline) goes to `runner`'s entry and
 /// waiters. `stop` (the server's hard stop) drops it; the entry is then removed.
 pub(crate) fn detach(
-    call_id: u64,
-    deadline: Option<Deadline>,
+    ctx: CallContext,
     work: HandlerFuture,
     runner: Runner,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let execution = until(
-        deadline,
-        contain(call_id, work),
-        || Err(deadline_exceeded()),
-    );
+    let (call_id, deadline) = (ctx.call_id(), ctx.deadline());
+    let execution = until(deadline, contain(call_id, served(ctx, work)), || {
+        Err(deadline_exceeded())
+    });
     tracker.spawn(async move {
         tokio::select! {
             biased;
@@ -202,8 +197,27 @@ pub(crate) fn in_span(work: HandlerFuture, span: Span) -> HandlerFuture {
     }
 }
 
+/// A handler's future run as the call `ctx` describes (see [`crate::context`]: the calls it makes
+/// inherit its deadline), with the response metadata it set added to its answer.
+async fn served(ctx: CallContext, work: HandlerFuture) -> Answer {
+    let (answer, set) = rpc_core::current::scope_with_response(ctx, work).await;
+    if set.is_empty() {
+        return answer;
+    }
+    match answer {
+        Ok(mut reply) => {
+            reply.metadata.extend(set);
+            Ok(reply)
+        }
+        Err(mut status) => {
+            status.metadata_mut().extend(set);
+            Err(status)
+        }
+    }
+}
+
 /// A handler's future with a panic contained: it fails only this call, with INTERNAL.
-async fn contain(call_id: u64, work: HandlerFuture) -> Answer {
+async fn contain(call_id: u64, work: impl Future<Output = Answer>) -> Answer {
     match AssertUnwindSafe(work).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => Err(panicked(call_id, &*panic)),
@@ -232,7 +246,7 @@ fn deadline_exceeded() -> Status {
 /// not_executed))` when the call ends here.
 pub(crate) fn start(
     handler: Arc<dyn Handler>,
-    ctx: CallContext,
+    ctx: &CallContext,
     payload: Bytes,
 ) -> Result<HandlerFuture, (Status, bool)> {
     let call_id = ctx.call_id();

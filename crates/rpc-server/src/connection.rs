@@ -371,10 +371,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         // Checked as UTF-8 once here, not at each use.
         let method = request.method.as_str();
-        let Some(handler) = self.shared.router.get(method).cloned() else {
+        let Some((method, handler)) = self.shared.router.get_named(method) else {
             let message = format!("unknown method {method:?}");
             return self.refuse(id, StatusCode::UNIMPLEMENTED, message);
         };
+        let (method, handler) = (Arc::clone(method), Arc::clone(handler));
         let limit = self.config().max_concurrent_calls;
         if self.running.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
             let message = format!("{limit} calls already running on this connection");
@@ -418,10 +419,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             return self.on_deduped(&table, &request_id, handler, ctx, request.payload, permit);
         }
         let span = call_span(&ctx, self.peer);
-        match span.in_scope(|| start(handler, ctx, request.payload)) {
+        match span.in_scope(|| start(handler, &ctx, request.payload)) {
             Ok(work) => {
                 let work = call::in_span(work, span);
-                let (future, mut running) = dispatch(id, deadline, work);
+                let (future, mut running) = dispatch(ctx, work);
                 running.permit = Some(permit);
                 self.run(id, future, running);
             }
@@ -443,24 +444,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) {
         let (id, deadline) = (ctx.call_id(), ctx.deadline());
         let span = call_span(&ctx, self.peer);
-        let method = match self.shared.router.get_named(ctx.method()) {
-            Some((name, _)) => Arc::clone(name),
-            None => Arc::from(ctx.method()),
-        };
-        let claim = match table.claim(&method, request_id) {
+        let claim = match table.claim(ctx.method_name(), request_id) {
             Ok(claim) => claim,
             Err(refusal) => return self.respond(id, Err(refusal.into()), true, false),
         };
         let (future, running) = match claim {
             Claim::Replay(result) => return self.respond(id, result, false, true),
             Claim::Join(waiter) => call::wait(id, deadline, waiter, true),
-            Claim::Run(runner) => match span.in_scope(|| start(handler, ctx, payload)) {
+            Claim::Run(runner) => match span.in_scope(|| start(handler, &ctx, payload)) {
                 Ok(work) => {
                     let waiter = runner.waiter();
                     let stop = self.detach.stop.clone();
                     let tracker = &self.detach.tracker;
                     let work = call::in_span(work, span);
-                    call::detach(id, deadline, work, runner, stop, tracker);
+                    call::detach(ctx, work, runner, stop, tracker);
                     call::wait(id, deadline, waiter, false)
                 }
                 Err((status, true)) => {

@@ -27,6 +27,10 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Se
 /// macro generates handlers that decode the arguments in `start`, call the typed method and encode
 /// its result.
 ///
+/// The server polls the future inside the call's scope ([`context`](crate::context)): there,
+/// [`context::current`](crate::context::current) returns the call's context, response metadata
+/// can be set, and the calls the handler makes inherit its deadline.
+///
 /// Handlers run on their connection's task: a handler that blocks the thread stalls its
 /// connection (heartbeats included). Use `tokio::task::spawn_blocking` for blocking work. (A call
 /// deduplicated by the dedupe window, [`ServerBuilder::dedupe`](crate::ServerBuilder::dedupe),
@@ -38,7 +42,7 @@ pub trait Handler: Send + Sync + 'static {
     /// # Errors
     /// The status the call is refused with; it is sent with the NOT_EXECUTED flag, so it must only
     /// be returned when no application code ran.
-    fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status>;
+    fn start(self: Arc<Self>, ctx: &CallContext, payload: Bytes) -> Result<HandlerFuture, Status>;
 }
 
 impl<F, Fut> Handler for F
@@ -46,7 +50,8 @@ where
     F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
-    fn start(self: Arc<Self>, ctx: CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
+    fn start(self: Arc<Self>, ctx: &CallContext, payload: Bytes) -> Result<HandlerFuture, Status> {
+        let ctx = ctx.clone();
         Ok(Box::pin(async move {
             (*self)(ctx, payload).await.map(Reply::from)
         }))
@@ -64,10 +69,6 @@ pub(crate) struct Router {
 impl Router {
     pub(crate) fn insert(&mut self, method: &str, handler: Arc<dyn Handler>) {
         self.handlers.insert(method.into(), handler);
-    }
-
-    pub(crate) fn get(&self, method: &str) -> Option<&Arc<dyn Handler>> {
-        self.handlers.get(method)
     }
 
     /// The handler of `method` with the router's shared copy of its name.

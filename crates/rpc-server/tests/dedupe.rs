@@ -493,7 +493,11 @@ struct RefusesOnce {
 }
 
 impl Handler for RefusesOnce {
-    fn start(self: Arc<Self>, _ctx: CallContext, _payload: Bytes) -> Result<HandlerFuture, Status> {
+    fn start(
+        self: Arc<Self>,
+        _ctx: &CallContext,
+        _payload: Bytes,
+    ) -> Result<HandlerFuture, Status> {
         if !self.refused.swap(true, Ordering::SeqCst) {
             return Err(Status::new(StatusCode::INVALID_ARGUMENT, "not today"));
         }
