@@ -48,6 +48,15 @@
 //! Dropping a call's future withdraws the call: a request not yet written is never sent (NOT_SENT);
 //! one already written is followed by a CANCEL, and the server drops its handler. A call fails at its
 //! deadline with DEADLINE_EXCEEDED and is cancelled the same way.
+//!
+//! # Deadlines through nested calls
+//! A call made while a handler runs finishes by the earlier of its own deadline and the deadline
+//! of the call being served, so when A calls B and B's handler calls C, C stops working when A's
+//! budget runs out; failing by it, the call is DEADLINE_EXCEEDED with an
+//! [`InheritedDeadline`](client::InheritedDeadline) cause. When A's call is cancelled or expires,
+//! B's handler is dropped and its calls to C are cancelled with it. Work that must outlive the
+//! caller opts out with [`CallOptions::detached`], or runs in a task of its own (`tokio::spawn`),
+//! which is outside the call; see [`core::current`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -61,7 +70,8 @@ mod schema;
 pub mod client {
     //! The client runtime: [`Channel`] and its builder, call options, retry, hedge, balancing,
     //! health and failover policies, and the causes a failed call can carry
-    //! ([`NoConnection`], [`RetryStopped`]). The most used are also at the crate root.
+    //! ([`NoConnection`], [`RetryStopped`], [`InheritedDeadline`]). The most used are also at
+    //! the crate root.
     #[doc(inline)]
     pub use rpc_client::*;
 }

@@ -223,3 +223,79 @@ pub fn echo_example() -> std::path::PathBuf {
     );
     path
 }
+
+/// What a [`FrameTap`] saw the client send, summed over its connections.
+#[derive(Debug, Default)]
+pub struct TapLog {
+    /// The budget of every REQUEST, in arrival order.
+    pub request_budgets: Vec<Option<Duration>>,
+    /// CANCEL frames.
+    pub cancels: usize,
+}
+
+/// A relay on 127.0.0.1:0 to `target` that decodes what clients send (as the server would) and
+/// logs REQUESTs and CANCELs; bytes pass unchanged both ways. For asserting what a hop put on the
+/// wire. Each connection's relay ends when either side closes.
+pub struct FrameTap {
+    pub addr: SocketAddr,
+    pub log: Arc<std::sync::Mutex<TapLog>>,
+}
+
+impl FrameTap {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(TapLog::default()));
+        let logged = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                client.set_nodelay(true).unwrap();
+                server.set_nodelay(true).unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let log = Arc::clone(&logged);
+                tokio::spawn(async move {
+                    let mut decoder = FrameDecoder::new(Role::Server);
+                    let mut seen = BytesMut::new();
+                    let mut chunk = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&chunk[..n]);
+                        while let Ok(Some(Ok(frame))) = decoder.decode(&mut seen) {
+                            let mut log = log.lock().unwrap();
+                            match frame {
+                                Frame::Request(request) => {
+                                    log.request_budgets.push(request.budget.as_duration());
+                                }
+                                Frame::Cancel(_) => log.cancels += 1,
+                                _ => {}
+                            }
+                        }
+                        if to_server.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown().await;
+                });
+            }
+        });
+        Self { addr, log }
+    }
+
+    pub fn cancels(&self) -> usize {
+        self.log.lock().unwrap().cancels
+    }
+
+    pub fn request_budgets(&self) -> Vec<Option<Duration>> {
+        self.log.lock().unwrap().request_budgets.clone()
+    }
+}

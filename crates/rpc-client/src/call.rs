@@ -35,12 +35,29 @@ pub struct CallOptions {
     pub(crate) hash_key: Option<u64>,
     pub(crate) failover: Option<crate::Failover>,
     pub(crate) schema: Option<Bytes>,
+    pub(crate) detached: bool,
 }
 
 impl CallOptions {
-    /// Defaults: the channel's default deadline, no metadata, not idempotent.
+    /// Defaults: the channel's default deadline (cut to the deadline of the call being served
+    /// when made inside a handler), no metadata, not idempotent.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the call stands apart from the call being served (true) or inherits its deadline
+    /// (false). Default false: a call made while a handler runs finishes by the earlier of its
+    /// own deadline and the handler's, so a chain A → B → C stops working for an A that gave up,
+    /// and a failure at the inherited deadline says so
+    /// ([`Error::deadline_inherited`](rpc_core::Error::deadline_inherited)). Detach work that
+    /// must outlive the caller: an audit record, a cache fill, a background job. It then has its
+    /// own deadline alone, though it is still cancelled if its future is dropped with the
+    /// handler's: spawn it (`tokio::spawn`) to let it run on. A task the handler spawns is
+    /// outside the call anyway, unless wrapped in
+    /// [`in_current_call`](rpc_core::current::in_current_call).
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
     }
 
     /// The call must finish by `deadline`.
@@ -149,7 +166,8 @@ impl CallOptions {
 
     /// These options, with every option they leave unset taken from `defaults` (a method's
     /// declared settings, say): deadline and timeout together, idempotency, retry policy, hedge
-    /// policy and wait-for-ready. Dedupe is on if either asks; metadata is this one's.
+    /// policy and wait-for-ready. Dedupe and detached are on if either asks; metadata is this
+    /// one's.
     pub fn or_defaults(mut self, defaults: Self) -> Self {
         if !self.has_deadline() {
             self.deadline = defaults.deadline;
@@ -161,6 +179,7 @@ impl CallOptions {
         self.failover = self.failover.or(defaults.failover);
         self.wait_for_ready = self.wait_for_ready.or(defaults.wait_for_ready);
         self.dedupe |= defaults.dedupe;
+        self.detached |= defaults.detached;
         self.idempotency_key = self.idempotency_key.or(defaults.idempotency_key);
         self
     }
@@ -199,6 +218,7 @@ impl CallOptions {
         Ok(())
     }
 
+    /// The call's own deadline, before any inherited one.
     pub(crate) fn resolve_deadline(&self, default: Duration) -> Deadline {
         let from_timeout = Deadline::from_now(self.timeout.unwrap_or(default));
         match (self.deadline, self.timeout) {

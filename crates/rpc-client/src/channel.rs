@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::RngCore;
 use rpc_codec::MethodName;
-use rpc_core::{Error, ErrorKind, Idempotency, Outcome, StatusCode};
+use rpc_core::current::{self, InheritedDeadline};
+use rpc_core::{Error, ErrorKind, Idempotency, Outcome, StatusCode, StopReason};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::Reply;
@@ -167,7 +168,10 @@ impl Channel {
     /// NOT_EXECUTED when the server guarantees it did not run it, EXECUTED with the server's
     /// status, MAYBE_EXECUTED when nobody can tell (connection lost, deadline passed after
     /// sending). When retrying stopped early, a [`RetryStopped`](crate::RetryStopped) cause says
-    /// why.
+    /// why. A call made inside a handler finishes by the handler's deadline if that comes first
+    /// (unless [`CallOptions::detached`]); failing by it, it is DEADLINE_EXCEEDED with an
+    /// [`InheritedDeadline`] cause ([`Error::deadline_inherited`]), as is a failure not retried
+    /// for lack of time before it.
     pub async fn call(
         &self,
         method: &str,
@@ -204,7 +208,14 @@ impl Channel {
                 Bytes::copy_from_slice(&id)
             }),
         };
-        let deadline = options.resolve_deadline(config.default_deadline);
+        let own = options.resolve_deadline(config.default_deadline);
+        // Inside a handler, the caller upstream's deadline bounds this call too (issue 15).
+        let inherited = if options.detached {
+            None
+        } else {
+            current::inherited_deadline().filter(|inherited| inherited.deadline() <= own)
+        };
+        let deadline = inherited.as_ref().map_or(own, InheritedDeadline::deadline);
         let idempotent = options.idempotency == Some(Idempotency::Idempotent);
         let failover = options.failover.unwrap_or(config.failover);
         let (retry, hedge, fork) = match failover {
@@ -235,6 +246,15 @@ impl Channel {
         if let Some(budget) = &self.inner.budget {
             budget.deposit();
         }
-        self.inner.stack.call(attempt).await
+        let result = self.inner.stack.call(attempt).await;
+        match (result, inherited) {
+            (Err(err), Some(inherited)) if failed_by_deadline(&err) => Err(inherited.explain(err)),
+            (result, _) => result,
+        }
     }
+}
+
+/// Whether the call failed because its deadline came: it passed, or it left no time for a retry.
+fn failed_by_deadline(err: &Error) -> bool {
+    err.is_deadline_exceeded() || matches!(err.retry_stopped(), Some(StopReason::NoTimeLeft { .. }))
 }

@@ -166,7 +166,9 @@ impl ChannelBuilder {
         self
     }
 
-    /// The deadline of a call that sets none. Default 10 s.
+    /// The deadline of a call that sets none. Default 10 s. A call made inside a handler
+    /// finishes by the handler's own deadline if that comes first (see
+    /// [`CallOptions::detached`](crate::CallOptions::detached)).
     pub fn default_deadline(mut self, deadline: Duration) -> Self {
         self.config.default_deadline = deadline;
         self

@@ -38,6 +38,10 @@
 //! - EXECUTED: the server ran the call and answered with an error status;
 //! - MAYBE_EXECUTED: connection lost or heartbeat timed out after the request was written, deadline
 //!   passed after it was written, or the response was corrupt.
+//!
+//! A call made while a handler runs inherits the deadline of the call being served when that is
+//! the earlier; [`CallOptions::detached`] opts a call out, and a failure at the inherited
+//! deadline carries an [`InheritedDeadline`] cause.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -74,5 +78,6 @@ pub use policy::{
 };
 pub use pool::NoConnection;
 pub use rpc_core::Reply;
+pub use rpc_core::current::InheritedDeadline;
 pub use rpc_core::{RetryStopped, StopReason};
 pub use suspicion::PeerSuspected;

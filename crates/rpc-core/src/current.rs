@@ -45,8 +45,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::error::BoxError;
 use crate::metadata::RESERVED_PREFIX;
-use crate::{CallContext, Deadline, Instant, Metadata, MetadataKey};
+use crate::{CallContext, Deadline, Error, Instant, Metadata, MetadataKey};
 
 tokio::task_local! {
     static CURRENT: Current;
@@ -165,6 +166,7 @@ pub fn inherited_deadline() -> Option<InheritedDeadline> {
             call_id: ctx.call_id(),
             deadline,
             left: deadline.remaining(Instant::now()),
+            source: None,
         })
     })
     .flatten()
@@ -172,8 +174,9 @@ pub fn inherited_deadline() -> Option<InheritedDeadline> {
 
 /// The cause of a failure past a deadline that the call inherited from the call being served
 /// (see the [module](self)): the caller upstream had no more time, which is not the same as a
-/// slow server downstream. Find it with `Error::deadline_inherited` (or
-/// `Error::has_cause::<InheritedDeadline>`).
+/// slow server downstream. Find it with [`Error::deadline_inherited`]; keel's client puts it on
+/// top of the cause chain of every DEADLINE_EXCEEDED failure of a call whose deadline was the
+/// inherited one.
 ///
 /// ```
 /// use std::time::Duration;
@@ -192,12 +195,14 @@ pub fn inherited_deadline() -> Option<InheritedDeadline> {
 /// );
 /// # }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct InheritedDeadline {
     method: Arc<str>,
     call_id: u64,
     deadline: Deadline,
     left: Duration,
+    /// The failure's cause beneath this one, once [`explain`](Self::explain) put it on an error.
+    source: Option<BoxError>,
 }
 
 impl InheritedDeadline {
@@ -224,6 +229,13 @@ impl InheritedDeadline {
     pub fn left_at_start(&self) -> Duration {
         self.left
     }
+
+    /// `err` with this inherited deadline on top of its cause chain (what was beneath stays
+    /// beneath): how keel's client says that a DEADLINE_EXCEEDED came from the caller upstream.
+    #[must_use]
+    pub fn explain(self, err: Error) -> Error {
+        err.map_source(|source| Box::new(Self { source, ..self }))
+    }
 }
 
 impl fmt::Display for InheritedDeadline {
@@ -240,7 +252,13 @@ impl fmt::Display for InheritedDeadline {
     }
 }
 
-impl std::error::Error for InheritedDeadline {}
+impl std::error::Error for InheritedDeadline {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Why response metadata was not set.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -327,7 +345,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_without_a_deadline_passes_none_on() {
         let inherited = scope(CallContext::new("A.b"), async { inherited_deadline() }).await;
-        assert_eq!(inherited, None);
+        assert!(inherited.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
+use crate::current::InheritedDeadline;
 use crate::{Outcome, RetryStopped, Status, StatusCode, StopReason};
 
 /// A boxed cause, as kept in an [`Error`]'s source chain.
@@ -199,6 +200,37 @@ impl Error {
             .map(RetryStopped::reason)
     }
 
+    /// The deadline this call inherited from the call being served, if the call failed by it
+    /// (see [`current`](crate::current)): DEADLINE_EXCEEDED because the caller upstream had no
+    /// more time, rather than because the server was slow within a budget of the call's own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel::core::{CallContext, Deadline, Error, Outcome, StatusCode};
+    /// use keel::core::current;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let ctx = CallContext::new("Shop.checkout")
+    ///     .with_call_id(3)
+    ///     .with_deadline(Some(Deadline::from_now(Duration::from_millis(40))));
+    /// let inherited = current::scope(ctx, async { current::inherited_deadline() }).await.unwrap();
+    /// let err = Error::from_code(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded", Outcome::MaybeExecuted);
+    /// let err = inherited.explain(err);
+    /// assert_eq!(err.deadline_inherited().unwrap().method(), "Shop.checkout");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "DEADLINE_EXCEEDED (MAYBE_EXECUTED): deadline exceeded (the deadline was inherited \
+    ///      from the call being served (Shop.checkout, call 3), which had 40ms left when this \
+    ///      call started)"
+    /// );
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn deadline_inherited(&self) -> Option<&InheritedDeadline> {
+        self.causes()
+            .find_map(|cause| cause.downcast_ref::<InheritedDeadline>())
+    }
+
     /// The cause chain beneath this error, nearest first.
     fn causes(&self) -> impl Iterator<Item = &(dyn StdError + 'static)> {
         std::iter::successors(StdError::source(self), |cause| (*cause).source())
@@ -220,8 +252,9 @@ impl Error {
 
 /// Shows the status, the outcome and the message, then the root cause of the chain (the error
 /// at its bottom, "Connection refused (os error 111)", say) unless the message already says it,
-/// then why retrying stopped, if it did: one line with everything a log reader needs, each part
-/// once. The alternate form (`{:#}`) adds every cause of the chain on a line of its own.
+/// then why retrying stopped, if it did, and that the deadline was inherited from the call being
+/// served, if it was: one line with everything a log reader needs, each part once. The alternate
+/// form (`{:#}`) adds every cause of the chain on a line of its own.
 ///
 /// ```
 /// use keel::core::{Error, Outcome, StatusCode};
@@ -232,31 +265,72 @@ impl Error {
 /// ```
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = &self.inner.status;
-        let message = status.message();
-        write!(f, "{} ({})", status.code(), self.inner.outcome)?;
-        if !message.is_empty() {
-            write!(f, ": {message}")?;
-        }
-        let said = |text: &str| text.is_empty() || message.contains(text);
-        if let Some(root) = self.causes().last() {
-            let text = cause_text(root);
-            if !root.is::<RetryStopped>() && !said(&text) {
-                write!(f, ": {text}")?;
-            }
-        }
-        if let Some(stopped) = self.causes().find_map(|c| c.downcast_ref::<RetryStopped>()) {
-            write!(f, " ({stopped})")?;
+        write!(f, "{} ({})", self.code(), self.inner.outcome)?;
+        let detail = Detail(self).to_string();
+        match detail.as_bytes().first() {
+            None => {}
+            Some(b' ') => f.write_str(&detail)?,
+            Some(_) => write!(f, ": {detail}")?,
         }
         if f.alternate() {
+            let message = self.status().message();
             for cause in self.causes() {
                 let text = cause_text(cause);
-                if !said(&text) {
+                if !text.is_empty() && !message.contains(&text) {
                     write!(f, "\n  caused by: {text}")?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// What an [`Error`] says after its status code and outcome: the message, the root cause unless
+/// the message says it, why retrying stopped, and that the deadline was inherited.
+struct Detail<'a>(&'a Error);
+
+impl fmt::Display for Detail<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let err = self.0;
+        let message = err.status().message();
+        f.write_str(message)?;
+        if let Some(root) = err.causes().last() {
+            let text = cause_text(root);
+            let said_below = root.is::<RetryStopped>() || root.is::<InheritedDeadline>();
+            if !said_below && !text.is_empty() && !message.contains(&text) {
+                if !message.is_empty() {
+                    f.write_str(": ")?;
+                }
+                f.write_str(&text)?;
+            }
+        }
+        if let Some(stopped) = err.causes().find_map(|c| c.downcast_ref::<RetryStopped>()) {
+            write!(f, " ({stopped})")?;
+        }
+        if let Some(inherited) = err.deadline_inherited() {
+            write!(f, " ({inherited})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A failed call as the status of the handler that made it, so that a handler returning
+/// `Result<T, Status>` can pass a downstream failure on with `?`: the same code, and the
+/// error's message with its causes (the inherited deadline included). Not the NOT_EXECUTED
+/// flag: that the downstream server did not run its call says nothing of whether this handler
+/// did its own work. Not the downstream's metadata either: it was that server's answer.
+///
+/// ```
+/// use keel::core::{Error, Outcome, Status, StatusCode};
+/// let refused = Status::new(StatusCode::UNAVAILABLE, "draining").not_executed();
+/// let downstream = Error::new(refused, Outcome::NotExecuted);
+/// let status = Status::from(downstream);
+/// assert_eq!(status.to_string(), "UNAVAILABLE: draining");
+/// assert!(!status.is_not_executed());
+/// ```
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        Self::new(err.code(), Detail(&err).to_string())
     }
 }
 
