@@ -369,15 +369,13 @@ where
         // The server polls this inside the call's scope: the method sees its context, sets
         // response metadata and passes its deadline on to the calls it makes.
         Ok(Box::pin(async move {
-            match (self.run)(Arc::clone(&self.service), args).await {
-                Ok(value) => codec.encode(&value).map(Reply::from).map_err(|e| {
-                    Status::new(
-                        StatusCode::INTERNAL,
-                        format!("{}: the result does not encode: {e}", self.method),
-                    )
-                }),
-                Err(status) => Err(status),
-            }
+            let value = (self.run)(Arc::clone(&self.service), args).await?;
+            codec.encode(&value).map(Reply::from).map_err(|e| {
+                Status::new(
+                    StatusCode::INTERNAL,
+                    format!("{}: the result does not encode: {e}", self.method),
+                )
+            })
         }))
     }
 }

@@ -502,3 +502,50 @@ async fn hedges_of_a_nested_call_end_at_the_inherited_deadline() {
         within("an attempt was cut", cut - run.top, BUDGET);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_after_the_inherited_deadline_passed_is_not_sent() {
+    // A handler that calls out once its caller's time is gone: refused locally, never sent.
+    let ran = Counter::default();
+    let counted = ran.clone();
+    let server = start(Server::builder().register(
+        "C.count",
+        move |_ctx: CallContext, payload: Bytes| {
+            counted.bump();
+            async move { Ok(payload) }
+        },
+    ))
+    .await;
+    let channel = Channel::builder(server.local_addr()).build();
+    let served = CallContext::new("B.late")
+        .with_deadline(Some(keel::Deadline::from_now(Duration::from_millis(20))));
+    let err = current::scope(served, async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        channel
+            .call("C.count", Bytes::new(), CallOptions::new())
+            .await
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (err.code(), err.outcome()),
+        (StatusCode::DEADLINE_EXCEEDED, Outcome::NotSent),
+        "{err}"
+    );
+    let inherited = err
+        .deadline_inherited()
+        .expect("an InheritedDeadline cause");
+    assert_eq!(
+        (inherited.method(), inherited.left_at_start()),
+        ("B.late", Duration::ZERO)
+    );
+    assert_eq!(ran.get(), 0);
+    // The same call detached has its own deadline and runs.
+    let served =
+        CallContext::new("B.late").with_deadline(Some(keel::Deadline::from_now(Duration::ZERO)));
+    let options = CallOptions::new().detached(true);
+    current::scope(served, channel.call("C.count", Bytes::new(), options))
+        .await
+        .unwrap();
+    assert_eq!(ran.get(), 1);
+}
